@@ -1,0 +1,12 @@
+"""Cacheon: Bittensor subnet 14, a continuous speed contest for LLM inference servers."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("cacheon")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["__version__"]

@@ -1,0 +1,342 @@
+"""The one settings object of the validator and the miner CLI.
+
+Values come from, in rising precedence: the defaults below, a TOML file (`--config`), `CACHEON_*`
+environment variables (nested keys joined by `__`, e.g. `CACHEON_CHAIN__NETUID=14`) and the
+standard bittensor flags. Every value remembers where it came from so that `config show` can say
+so. A bad value is reported as one line per problem naming the key and what is allowed; secrets
+are `SecretStr` and are never rendered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "CACHEON_"
+ENV_NESTED_DELIMITER = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ChainSettings(_Section):
+    network: str = "finney"
+    """`finney`, `test`, `local`, or a ws:// / wss:// endpoint."""
+    chain_endpoint: str | None = None
+    """Overrides the network's endpoint when set (the `--subtensor.chain_endpoint` flag)."""
+    fallback_endpoints: list[str] = Field(default_factory=list)
+    netuid: int = Field(default=14, ge=0, le=65535)
+    call_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class WalletSettings(_Section):
+    name: str = "default"
+    hotkey: str = "default"
+    path: str = "~/.bittensor/wallets"
+
+
+class ValidatorSettings(_Section):
+    state_dir: str = "~/.cacheon"
+    poll_interval_s: float = Field(default=60.0, gt=0)
+    secret: SecretStr | None = None
+    """Keys the per-round salt (DESIGN.md §3 step 3); never published."""
+    weights_interval_blocks: int | None = Field(default=None, ge=1)
+    """Defaults to the subnet tempo when unset."""
+
+
+class ArenaSettings(_Section):
+    moat: float = Field(default=0.01, ge=0, lt=1)
+    max_challengers_per_round: int = Field(default=4, ge=1)
+    min_blocks_between_evaluations: int = Field(default=7200, ge=0)
+    max_launches: int = Field(default=8, ge=1)
+    sigma_floor: float = Field(default=0.02, gt=0)
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    max_image_gb: float = Field(default=60.0, gt=0)
+    registry_allowlist: list[str] = Field(default_factory=list)
+    """Registry hosts a commitment may name; empty allows any."""
+
+
+class ModelSettings(_Section):
+    name: str = "Qwen/Qwen2.5-72B-Instruct"
+    revision: str = "main"
+    max_model_len: int = Field(default=32768, ge=1)
+    gpu_type: str = "H200"
+    gpu_count: int = Field(default=8, ge=1)
+    baseline_image: str = "docker.io/vllm/vllm-openai@sha256:" + "0" * 64
+    """The pinned vLLM image every contestant is compared with; set the real digest in deployment."""
+
+
+class PodSettings(_Section):
+    providers: list[Literal["targon", "lium", "static"]] = Field(
+        default_factory=lambda: ["targon", "lium"]
+    )
+    max_price_per_hour: float = Field(default=40.0, gt=0)
+    daily_budget_usd: float = Field(default=500.0, ge=0)
+    keep_on_restart: bool = True
+    pod_idle_release_s: float = Field(default=1800.0, ge=0)
+    name_prefix: str = Field(default="cacheon", pattern=r"^[a-z][a-z0-9-]{1,30}$")
+    targon_api_key: SecretStr | None = None
+    lium_api_key: SecretStr | None = None
+
+
+class S3Settings(_Section):
+    endpoint_url: str | None = None
+    bucket: str | None = None
+    region: str = "us-east-1"
+    prefix: str = "cacheon"
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] | None = None
+    """Unset: JSON lines for services, a console for people."""
+
+
+class WebSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=9414, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Sections mirror the TOML tables of `config.example.toml`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        extra="forbid",
+        frozen=True,
+    )
+
+    chain: ChainSettings = ChainSettings()
+    wallet: WalletSettings = WalletSettings()
+    validator: ValidatorSettings = ValidatorSettings()
+    arena: ArenaSettings = ArenaSettings()
+    model: ModelSettings = ModelSettings()
+    pods: PodSettings = PodSettings()
+    s3: S3Settings = S3Settings()
+    log: LogSettings = LogSettings()
+    web: WebSettings = WebSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Sources are merged by `load_settings`, which records provenance; construction only
+        # validates what it is given.
+        return (init_settings,)
+
+
+BITTENSOR_FLAGS: Mapping[str, str] = {
+    "--netuid": "chain.netuid",
+    "--wallet.name": "wallet.name",
+    "--wallet.hotkey": "wallet.hotkey",
+    "--wallet.path": "wallet.path",
+    "--subtensor.network": "chain.network",
+    "--subtensor.chain_endpoint": "chain.chain_endpoint",
+}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `problems` holds one human line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    settings: Settings
+    sources: Mapping[str, str]
+    """Dotted key -> where its value came from (`default`, `file <path>`, `env NAME`, `flag --x`)."""
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--config` and the standard bittensor flags to a CLI parser."""
+    parser.add_argument("--config", type=Path, help="TOML config file (see config.example.toml)")
+    for flag, key in BITTENSOR_FLAGS.items():
+        parser.add_argument(flag, dest=_flag_dest(flag), default=None, help=f"sets {key}")
+
+
+def load_settings(
+    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+) -> LoadedSettings:
+    """Merge defaults, file, environment and flags; raise ConfigError listing every problem."""
+    layers: list[tuple[dict[str, Any], dict[str, str]]] = []
+    config_path: Path | None = getattr(args, "config", None) if args is not None else None
+    if config_path is not None:
+        data = _read_toml(config_path)
+        layers.append((data, dict.fromkeys(_leaf_keys(data), f"file {config_path}")))
+    env_data, env_sources = _read_env(environ)
+    layers.append((env_data, env_sources))
+    if args is not None:
+        flag_data, flag_sources = _read_flags(args)
+        layers.append((flag_data, flag_sources))
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for data, layer_sources in layers:
+        _deep_merge(merged, data)
+        sources.update(layer_sources)
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err, sources) for err in exc.errors()]) from None
+    all_sources = {key: sources.get(key, "default") for key in _leaf_keys(settings.model_dump())}
+    return LoadedSettings(settings=settings, sources=all_sources)
+
+
+def render_settings(loaded: LoadedSettings) -> str:
+    """The effective configuration as TOML-like lines, secrets redacted, with each value's source."""
+    lines: list[str] = []
+    section = None
+    for key, value in _leaves(_dump(loaded.settings)):
+        head, _, name = key.rpartition(".")
+        if head != section:
+            if lines:
+                lines.append("")
+            lines.append(f"[{head}]")
+            section = head
+        lines.append(f"{name} = {_toml_value(value)}  # {loaded.sources.get(key, 'default')}")
+    return "\n".join(lines)
+
+
+REDACTED = "**********"
+
+
+def _dump(settings: Settings) -> dict[str, Any]:
+    def walk(model: BaseModel) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                out[name] = walk(value)
+            elif isinstance(value, SecretStr):
+                out[name] = REDACTED
+            else:
+                out[name] = value
+        return out
+
+    return walk(settings)
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+
+
+def _read_env(environ: Mapping[str, str] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    source = EnvSettingsSource(Settings)
+    if environ is not None:
+        source.env_vars = {k.lower(): v for k, v in environ.items()}
+    try:
+        data = source()
+    except Exception as exc:  # pydantic-settings raises SettingsError on undecodable JSON values
+        raise ConfigError([f"environment: {exc}"]) from None
+    names = {
+        key: f"env {ENV_PREFIX}{key.upper().replace('.', ENV_NESTED_DELIMITER)}"
+        for key in _leaf_keys(data)
+    }
+    return data, names
+
+
+def _read_flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]:
+    data: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for flag, key in BITTENSOR_FLAGS.items():
+        value = getattr(args, _flag_dest(flag), None)
+        if value is None:
+            continue
+        section, name = key.split(".")
+        data.setdefault(section, {})[name] = value
+        sources[key] = f"flag {flag}"
+    return data, sources
+
+
+def _flag_dest(flag: str) -> str:
+    return "flag_" + flag.lstrip("-").replace(".", "_")
+
+
+def _describe(error: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    origin = sources.get(key)
+    where = f" (from {origin})" if origin else ""
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key{where}; allowed here: {_allowed_keys(error['loc'][:-1])}"
+    if error["type"] == "model_type":
+        return f"{key}: must be a table{where}"
+    value = error.get("input")
+    shown = (
+        "" if isinstance(value, dict) or "secret" in key or "api_key" in key else f", got {value!r}"
+    )
+    return f"{key}: {error['msg']}{shown}{where}"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return "?"
+        model = annotation
+    return ", ".join(model.model_fields)
+
+
+def _deep_merge(into: dict[str, Any], data: Mapping[str, Any]) -> None:
+    for key, value in data.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _leaves(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _leaves(value, dotted + ".")
+        else:
+            yield dotted, value
+
+
+def _leaf_keys(data: Mapping[str, Any]) -> list[str]:
+    return [key for key, _ in _leaves(data)]

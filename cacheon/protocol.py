@@ -1,0 +1,278 @@
+"""The one contract between validator, agent and miners.
+
+Everything that crosses a process or machine boundary is a versioned pydantic model defined here:
+the job the validator hands the agent (`JobSpec`), the agent's progress lines (`ProgressEvent`),
+its raw measurements (`RoundReport`) and what the validator publishes (`PublicReport`). Outcomes
+and reason codes are `StrEnum`s so that a verdict is data, not prose. This module is pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, NewType
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 0
+"""Version of the models below; bumped on any incompatible change."""
+
+CONTRACT_VERSION = 1
+"""Version of the miner server contract (DESIGN.md §4.2)."""
+
+Hotkey = NewType("Hotkey", str)
+Uid = NewType("Uid", int)
+Block = NewType("Block", int)
+Digest = NewType("Digest", str)
+"""`sha256:` followed by 64 lowercase hex digits."""
+
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+
+
+class Outcome(StrEnum):
+    """Three-valued verdict of one evaluation (DESIGN.md §3)."""
+
+    PASS = "PASS"  # noqa: S105 (an outcome, not a password)
+    FAIL = "FAIL"  # the contestant's fault; it scores 0
+    NO_DECISION = "NO_DECISION"  # nobody's fault that we can pin on the contestant; retried
+
+
+class Attribution(StrEnum):
+    """Who a failure is charged to; only CONTESTANT ever costs a miner anything."""
+
+    CONTESTANT = "contestant"
+    VALIDATOR = "validator"
+    PROVIDER = "provider"
+    REGISTRY = "registry"
+
+
+class ReasonCode(StrEnum):
+    """Why an evaluation ended as it did. Stable strings: they are published and replayed."""
+
+    # pre-screen at poll time, before any GPU money is spent
+    BAD_COMMITMENT = "bad_commitment"
+    MANIFEST_NOT_FOUND = "manifest_not_found"
+    NO_AMD64_PLATFORM = "no_amd64_platform"
+    IMAGE_TOO_LARGE = "image_too_large"
+    COPY_OF = "copy_of"
+    COPY_OF_REFERENCE = "copy_of_reference"
+    # launching the contestant on the pod
+    PULL_FAILED = "pull_failed"
+    DIGEST_MISMATCH = "digest_mismatch"
+    START_FAILED = "start_failed"
+    STARTUP_TIMEOUT = "startup_timeout"
+    CRASHED = "crashed"
+    OOM = "oom"
+    BAD_RESPONSE = "bad_response"
+    # the correctness gate (DESIGN.md §4.4)
+    PLAUSIBILITY = "plausibility"
+    GREEDY_CONSISTENCY = "greedy_consistency"
+    VALUE_CLOSENESS = "value_closeness"
+    DISTRIBUTION = "distribution"
+    GARBAGE = "garbage"
+    EOS_HONESTY = "eos_honesty"
+    LENGTH_BAND = "length_band"
+    FABRICATION = "fabrication"
+    CONFORMANCE = "conformance"
+    BEHAVIOURAL_COPY = "behavioural_copy"
+    UNEVALUABLE = "unevaluable"
+    # not the contestant's fault
+    POD_LOST = "pod_lost"
+    S3_UNAVAILABLE = "s3_unavailable"
+    REGISTRY_UNAVAILABLE = "registry_unavailable"
+    LEFTOVER_GPU_MEMORY = "leftover_gpu_memory"
+    GPU_XID = "gpu_xid"
+    BASELINE_UNSTABLE = "baseline_unstable"
+    DRIFT = "drift"
+    CLIENT_SATURATED = "client_saturated"
+    AGENT_FAILED = "agent_failed"
+    ROUND_ABANDONED = "round_abandoned"
+    BUDGET = "budget"
+    # speed decisions
+    CROWNED = "crowned"
+    NOT_FASTER = "not_faster"
+    PENDING = "pending"
+
+
+class Role(StrEnum):
+    BASELINE = "baseline"
+    LEADER = "leader"
+    CHALLENGER = "challenger"
+
+
+class Phase(StrEnum):
+    """Phases the agent reports progress in, in the order they happen."""
+
+    PREPARE = "prepare"
+    PULL = "pull"
+    START = "start"
+    WARMUP = "warmup"
+    MEASURE = "measure"
+    SCORE = "score"
+    UPLOAD = "upload"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+DigestStr = Annotated[str, Field(pattern=DIGEST_PATTERN)]
+
+
+class Contestant(_Model):
+    """One image to launch in a round. `key` names it in the launch order and the report."""
+
+    key: str
+    role: Role
+    hotkey: str | None = None
+    image: str  # canonical `<registry>/<repository>@sha256:<hex>`
+
+
+class Workload(_Model):
+    concurrencies: tuple[int, ...] = (1, 16, 64)
+    prompts_per_block: int = Field(default=64, ge=1)
+    blocks_per_level: int = Field(default=2, ge=1)
+    warmup_requests: int = Field(default=8, ge=0)
+    max_tokens: int = Field(default=256, ge=1)
+    generator_version: int = 1
+
+
+class GateThresholds(_Model):
+    """Correctness gate thresholds (DESIGN.md §4.4); provisional until calibrated."""
+
+    eps_tie: float = 0.5
+    max_divergences: int = 4
+    delta: float = 0.3
+    kl_mean: float = 0.05
+    kl_p99: float = 0.5
+    min_logprob: float = -12.0
+    length_band: tuple[float, float] = (0.9, 1.1)
+    version: int = 0
+    provisional: bool = True
+
+
+class UploadSlot(_Model):
+    """A presigned PUT URL for one numbered object under this round's prefix."""
+
+    name: str
+    url: str
+    expires_at: float  # unix seconds
+
+
+class JobSpec(_Model):
+    schema_version: int = SCHEMA_VERSION
+    round_id: str
+    seed: str  # hex
+    served_model_name: str
+    model_path: str
+    max_model_len: int
+    contestants: tuple[Contestant, ...]
+    launch_order: tuple[str, ...]  # contestant keys, e.g. B, L, C1..Cn, L', B'
+    workload: Workload = Workload()
+    gate: GateThresholds = GateThresholds()
+    uploads: tuple[UploadSlot, ...] = ()
+    startup_deadline_s: float = 1200.0
+    round_deadline_s: float = 4 * 3600.0
+
+
+class ProgressEvent(_Model):
+    """One JSON line of agent progress."""
+
+    schema_version: int = SCHEMA_VERSION
+    ts: float
+    phase: Phase
+    contestant: str | None = None
+    launch: int | None = None
+    done: int | None = None
+    total: int | None = None
+    message: str = ""
+    error: str | None = None
+
+
+class ImageFacts(_Model):
+    """What the engine says about an image; used for copy detection outside the container."""
+
+    digest: DigestStr
+    config_digest: DigestStr | None = None
+    layer_diff_ids: tuple[str, ...] = ()
+    compressed_size: int | None = None
+
+
+class HardwareFacts(_Model):
+    gpu_names: tuple[str, ...] = ()
+    gpu_clocks_mhz: tuple[int, ...] = ()
+    throttled: bool = False
+    enforced_limits: dict[str, str] = Field(default_factory=dict)
+
+
+class LevelMeasurement(_Model):
+    """One block at one concurrency level of one launch."""
+
+    concurrency: int
+    block: int
+    speed: float  # geometric mean of 1/T_k over the block's requests, in 1/s
+    requests: int
+    client_saturated: bool = False
+
+
+class Launch(_Model):
+    """One start-measure-stop of one contestant; launches are the unit of evidence (§4.5)."""
+
+    index: int
+    contestant: str
+    started_ns: int
+    ended_ns: int
+    levels: tuple[LevelMeasurement, ...] = ()
+    outcome: Outcome | None = None
+    reason: ReasonCode | None = None
+    detail: str = ""
+
+
+class ContestantResult(_Model):
+    key: str
+    image: ImageFacts | None = None
+    outcome: Outcome
+    reason: ReasonCode | None = None
+    detail: str = ""
+
+
+class RoundReport(_Model):
+    """Raw measurements from the agent; all verdict maths happens on the validator."""
+
+    schema_version: int = SCHEMA_VERSION
+    round_id: str
+    launches: tuple[Launch, ...] = ()
+    results: tuple[ContestantResult, ...] = ()
+    hardware: HardwareFacts = HardwareFacts()
+    trace_objects: tuple[str, ...] = ()
+
+
+class Standing(_Model):
+    hotkey: str
+    uid: int | None = None
+    image: str
+    speed_ratio: float  # against the baseline
+    ratio_low: float
+    ratio_high: float
+
+
+class PublishedVerdict(_Model):
+    hotkey: str
+    image: str
+    outcome: Outcome
+    reason: ReasonCode | None = None
+    round_id: str | None = None
+
+
+class PublicReport(_Model):
+    """What a validator publishes after each round; miners read it with `cacheon-miner status`."""
+
+    schema_version: int = SCHEMA_VERSION
+    validator_hotkey: str
+    validator_version: str
+    evaluation_version: str
+    block: int
+    leader: Standing | None = None
+    runner_up: Standing | None = None
+    verdicts: tuple[PublishedVerdict, ...] = ()

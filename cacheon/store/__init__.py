@@ -1,0 +1,1 @@
+"""Validator state: SQLite (db) and, later, S3 objects."""

@@ -1,0 +1,156 @@
+"""The validator's SQLite state: WAL mode, numbered migrations, one writer per process.
+
+First-seen records and standings are irreplaceable, so the database is opened with WAL and full
+synchronous commits, migrations run inside a transaction each, and a second process that tries
+to write the same file is refused up front (an exclusive lock file) instead of racing. Other
+parts add their tables by appending a migration to `MIGRATIONS`; a migration, once released, is
+never edited.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "meta",
+        """
+        CREATE TABLE meta (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """,
+    ),
+)
+
+
+class DatabaseError(Exception):
+    """The state database cannot be used; the message says why and what to do."""
+
+
+class DatabaseLocked(DatabaseError):
+    """Another process already writes this database."""
+
+
+class Database:
+    """One connection, one writer lock; safe to share between threads of one process."""
+
+    def __init__(self, conn: sqlite3.Connection, lock_fd: int, path: Path) -> None:
+        self._conn = conn
+        self._lock_fd = lock_fd
+        self._mutex = threading.RLock()
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, migrations: Sequence[Migration] = MIGRATIONS) -> Database:
+        path = path.expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise DatabaseLocked(
+                f"{path} is in use by another process; stop it or point validator.state_dir elsewhere"
+            ) from None
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            db = cls(conn, lock_fd, path)
+            db.migrate(migrations)
+        except sqlite3.DatabaseError as exc:
+            os.close(lock_fd)
+            raise DatabaseError(
+                f"{path}: {exc}; restore it with `cacheon-validator state import`"
+            ) from None
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return db
+
+    def close(self) -> None:
+        with self._mutex:
+            self._conn.close()
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        row = self._conn.execute("PRAGMA user_version").fetchone()
+        return int(row[0])
+
+    def migrate(self, migrations: Sequence[Migration]) -> None:
+        versions = [m.version for m in migrations]
+        if versions != list(range(1, len(versions) + 1)):
+            raise DatabaseError(f"migrations must be numbered 1..n without gaps, got {versions}")
+        current = self.schema_version
+        if current > len(migrations):
+            raise DatabaseError(
+                f"{self.path} has schema version {current}, newer than this validator knows "
+                f"({len(migrations)}); upgrade cacheon"
+            )
+        for migration in migrations[current:]:
+            # executescript commits any open transaction first, so the script carries its own.
+            with self._mutex:
+                try:
+                    self._conn.executescript(
+                        f"BEGIN IMMEDIATE;\n{migration.sql}\n;"
+                        f"PRAGMA user_version={migration.version};\nCOMMIT;"
+                    )
+                except sqlite3.Error:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE): committed on success, rolled back on error."""
+        with self._mutex:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[sqlite3.Row]:
+        with self._mutex:
+            return self._conn.execute(sql, params).fetchall()
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0]["value"]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES(?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
