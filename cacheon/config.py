@@ -297,8 +297,12 @@ def _flag_dest(flag: str) -> str:
 
 
 def _describe(error: Mapping[str, Any], sources: Mapping[str, str]) -> str:
-    key = ".".join(str(part) for part in error["loc"])
-    origin = sources.get(key)
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc)
+    # a list item (pods.providers.0) came from wherever its list did
+    origin = next(
+        (sources[k] for n in range(len(loc), 0, -1) if (k := ".".join(loc[:n])) in sources), None
+    )
     where = f" (from {origin})" if origin else ""
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key{where}; allowed here: {_allowed_keys(error['loc'][:-1])}"

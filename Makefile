@@ -1,0 +1,53 @@
+# Cacheon: `make demo` runs the local demo, `make test` runs the whole suite.
+# Both work from a clean clone on a fresh machine: they install what they need first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# the modules that must stay pure and type-check under mypy --strict
+PURE := cacheon/protocol.py $(wildcard cacheon/arena) $(wildcard cacheon/chain/commitments.py)
+TIMED := scripts/timed
+
+.PHONY: help test demo system venv lint typecheck test-unit test-services
+
+help:
+	@echo "make demo   run a validator round locally on the embedded defaults"
+	@echo "make test   install what the tests need, then lint, type-check and run every test"
+
+system:
+	@$(TIMED) "install system packages" scripts/install-system-packages
+
+$(STAMP): pyproject.toml
+	@$(TIMED) "install python packages" bash -c '\
+	  set -euo pipefail; \
+	  [ -x $(BIN)/python ] || python3 -m venv $(VENV); \
+	  $(BIN)/python -m pip install --quiet --upgrade pip; \
+	  $(BIN)/python -m pip install --quiet -e ".[validator,miner,dev]"; \
+	  touch $(STAMP)'
+
+venv: $(STAMP)
+
+lint: venv
+	@$(TIMED) "ruff check" $(BIN)/ruff check .
+	@$(TIMED) "ruff format --check" $(BIN)/ruff format --check .
+
+typecheck: venv
+	@$(TIMED) "mypy --strict (pure modules)" $(BIN)/mypy --strict $(PURE)
+
+test-unit: venv
+	@$(TIMED) "tests: unit" scripts/pytest-group "not services and not vllm"
+
+test-services: venv system
+	@$(TIMED) "tests: real services" scripts/pytest-group "services and not vllm"
+
+test: system venv lint typecheck test-unit test-services
+	@echo "== all phases passed"
+
+demo: venv
+	@$(BIN)/cacheon-validator config show --config config.example.toml
+	@echo
+	@echo "The effective configuration above is valid. Not built yet: the chain devnet, the arena,"
+	@echo "pod providers, the remote agent and the round loop (see the open issues); once they land"
+	@echo "this command runs a full local round."

@@ -1,0 +1,1 @@
+"""Real local services, toy servers and fake provider APIs for the tests and the demo (loopback only)."""
