@@ -38,6 +38,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "first_seen",
+        """
+        CREATE TABLE first_seen (
+            digest TEXT NOT NULL,
+            hotkey TEXT NOT NULL,
+            uid    INTEGER,
+            block  INTEGER NOT NULL,
+            PRIMARY KEY (digest, hotkey)
+        );
+        """,
+    ),
 )
 
 
