@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import bittensor as bt
-from bittensor.intents import Intent
 from bittensor import ErrorCode
+from bittensor.intents import Intent
 from bittensor.result import BittensorError, ChainError, ExtrinsicResult
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 

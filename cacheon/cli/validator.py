@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cacheon.cli.common import EXIT_FAILED, add_settings_arguments, load_or_exit, make_parser
+from cacheon.cli.devnet import add_devnet_parser, run_devnet
 from cacheon.config import render_settings
 from cacheon.log import configure_logging, get_logger
 from cacheon.store.db import Database, DatabaseError
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "show", help="print the effective config, redacted, with sources"
     )
     add_settings_arguments(show)
+    add_devnet_parser(commands)
     return parser
 
 
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "devnet":
+        return run_devnet(args)
     if args.command == "config" and args.config_command == "show":
         print(render_settings(load_or_exit(args)))
         return 0

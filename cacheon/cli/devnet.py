@@ -1,0 +1,136 @@
+"""`cacheon-validator devnet init|register|advance|show`: drive the simulated chain by hand.
+
+For the demo, tests and miners trying the commit flow without a real subnet: the devnet file is
+named by the network, `--subtensor.network sim://<path>`, so every other command reaches the same
+chain by the same flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import bittensor as bt
+from bittensor.sp_core import Keypair
+
+from cacheon.chain.devnet import Devnet, DevnetError, SubnetParams, db_path
+from cacheon.chain.weights import hotkey_address
+from cacheon.cli.common import EXIT_FAILED, EXIT_USAGE, add_settings_arguments, load_or_exit
+
+OWNER_URI = "//CacheonDevnetOwner"
+"""The simulated subnet owner's key, when `init` is not given one; its hotkey is the burn uid."""
+
+
+def add_devnet_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    devnet = commands.add_parser("devnet", help="drive a simulated chain (sim://<path>)")
+    sub = devnet.add_subparsers(dest="devnet_command", metavar="SUBCOMMAND", required=True)
+
+    init = sub.add_parser("init", help="create the devnet file and the subnet")
+    init.add_argument("--block-time", type=float, default=12.0, help="seconds; 0 = on demand")
+    init.add_argument("--owner-hotkey", help="ss58 of the subnet owner hotkey (the burn uid)")
+    for name, default in (
+        ("tempo", 360),
+        ("weights-rate-limit", 100),
+        ("weights-version-key", 0),
+        ("min-allowed-weights", 1),
+        ("max-weights-limit", 65535),
+        ("max-space", 3100),
+    ):
+        init.add_argument(f"--{name}", type=int, default=default)
+    init.add_argument("--commit-reveal", action="store_true", help="timelocked weight commits")
+
+    register = sub.add_parser("register", help="register a hotkey (the wallet's, or --hotkey)")
+    register.add_argument("--hotkey", help="ss58 to register instead of the wallet's hotkey")
+    register.add_argument("--validator", action="store_true", help="grant a validator permit")
+
+    advance = sub.add_parser("advance", help="produce empty blocks now")
+    advance.add_argument("blocks", type=int, nargs="?", default=1)
+
+    sub.add_parser("show", help="print the chain state as JSON")
+    for parser in (init, register, advance, sub.choices["show"]):
+        add_settings_arguments(parser)
+
+
+def run_devnet(args: argparse.Namespace) -> int:
+    settings = load_or_exit(args).settings
+    path = db_path(settings.chain.chain_endpoint or settings.chain.network)
+    if path is None:
+        print("devnet: set --subtensor.network sim://<path>", file=sys.stderr)
+        return EXIT_USAGE
+    netuid = settings.chain.netuid
+    try:
+        if args.devnet_command == "init":
+            devnet = Devnet.create(path, block_time_s=args.block_time)
+            owner = args.owner_hotkey or Keypair.create_from_uri(OWNER_URI).ss58_address
+            devnet.add_subnet(
+                netuid,
+                SubnetParams(
+                    owner_hotkey=owner,
+                    owner_coldkey=owner,
+                    tempo=args.tempo,
+                    weights_rate_limit=args.weights_rate_limit,
+                    weights_version_key=args.weights_version_key,
+                    commit_reveal=args.commit_reveal,
+                    min_allowed_weights=args.min_allowed_weights,
+                    max_weights_limit=args.max_weights_limit,
+                    max_space=args.max_space,
+                ),
+            )
+            devnet.register(netuid, owner, owner)
+            print(f"devnet {path}: netuid {netuid}, owner {owner} at uid 0, block {devnet.head()}")
+        elif args.devnet_command == "register":
+            devnet = Devnet(path)
+            hotkey, coldkey = _keys(
+                args, settings.wallet.name, settings.wallet.hotkey, settings.wallet.path
+            )
+            uid = devnet.register(netuid, hotkey, coldkey, validator_permit=args.validator)
+            print(f"registered {hotkey} on netuid {netuid} as uid {uid}")
+        elif args.devnet_command == "advance":
+            print(f"block {Devnet(path).advance(args.blocks)}")
+        else:
+            print(json.dumps(_show(Devnet(path), netuid), indent=2))
+    except DevnetError as exc:
+        print(f"devnet: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return 0
+
+
+def _keys(args: argparse.Namespace, name: str, hotkey: str, wallet_path: str) -> tuple[str, str]:
+    if args.hotkey:
+        return args.hotkey, args.hotkey
+    wallet = bt.Wallet(name=name, hotkey=hotkey, path=wallet_path)
+    try:
+        return hotkey_address(wallet), wallet.coldkeypub.ss58_address
+    except (OSError, bt.BittensorError) as exc:
+        raise DevnetError(
+            f"cannot read wallet {name}/{hotkey} under {wallet_path}: {exc}"
+        ) from None
+
+
+def _show(devnet: Devnet, netuid: int) -> dict[str, object]:
+    block = devnet.head()
+    subnet = devnet.subnet(netuid)
+    return {
+        "path": str(Path(devnet.path)),
+        "block": block,
+        "netuid": netuid,
+        "hyperparameters": subnet.params.__dict__,
+        "neurons": [n.__dict__ for n in devnet.neurons(netuid, block)],
+        "commitments": [
+            {
+                "hotkey": c.hotkey,
+                "block": c.block,
+                "text": b"".join(bytes.fromhex(v[2:]) for f in c.fields for v in f.values()).decode(
+                    "utf-8", "replace"
+                ),
+            }
+            for c in devnet.commitments(netuid, block)
+        ],
+        "weights": {str(uid): row for uid, row in devnet.weights(netuid, block).items()},
+        "weight_commits": [
+            {"hotkey": h, "block": b, "reveal_round": r}
+            for _, h, b, _, r in devnet.weight_commits(netuid, block)
+        ],
+    }
