@@ -51,6 +51,36 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "pod_leases",
+        """
+        CREATE TABLE pod_leases (
+            name           TEXT PRIMARY KEY,
+            provider       TEXT NOT NULL,
+            offer_id       TEXT NOT NULL,
+            pod_id         TEXT,
+            state          TEXT NOT NULL,
+            price_per_hour REAL NOT NULL,
+            ssh_host       TEXT,
+            ssh_port       INTEGER,
+            ssh_user       TEXT,
+            host_key       TEXT,
+            created_at     REAL NOT NULL,
+            expires_at     REAL NOT NULL,
+            ready_at       REAL,
+            last_used_at   REAL,
+            ended_at       REAL,
+            detail         TEXT NOT NULL DEFAULT ''
+        );
+        CREATE INDEX pod_leases_pod ON pod_leases(provider, pod_id);
+        CREATE TABLE static_claims (
+            address    TEXT PRIMARY KEY,
+            name       TEXT NOT NULL UNIQUE,
+            claimed_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 
