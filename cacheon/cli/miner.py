@@ -200,3 +200,7 @@ async def _status(settings: Settings) -> None:
             f"[yellow]first seen by another hotkey[/yellow]: {first.hotkey} (uid {first.uid})"
             f" committed this digest at block {first.block}; yours counts as a copy"
         )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""First-seen precedence: min(our record, the chain's block), ties in a block to the lower uid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cacheon.chain.commitments import ImageRef, Submission
+from cacheon.chain.firstseen import first_holder, holders, holders_on_chain, record
+from cacheon.protocol import Block, Digest, Hotkey, Uid
+from cacheon.store.db import Database
+
+DIGEST = Digest("sha256:" + "ef" * 32)
+IMAGE = ImageRef("docker.io", "m/s", DIGEST)
+
+
+def _sub(hotkey: str, uid: int | None, block: int) -> Submission:
+    return Submission(Hotkey(hotkey), None if uid is None else Uid(uid), Block(block), IMAGE)
+
+
+def test_ties_in_one_block_go_to_the_lower_uid() -> None:
+    ranked = holders_on_chain([_sub("b", 7, 10), _sub("a", 3, 10), _sub("c", None, 10)])[DIGEST]
+    assert [h.hotkey for h in ranked] == ["a", "b", "c"]
+
+
+def test_ledger_keeps_the_earliest_block(tmp_path: Path) -> None:
+    with Database.open(tmp_path / "state.db") as db:
+        record(db, [_sub("late", 2, 20)])
+        record(db, [_sub("early", 5, 15)])
+        record(db, [_sub("early", 5, 40), _sub("late", 2, 30)])
+        assert [(h.hotkey, h.block) for h in holders(db, DIGEST)] == [("early", 15), ("late", 20)]
+        first = first_holder(db, DIGEST)
+        assert first is not None
+        assert first.hotkey == "early"
+        assert first_holder(db, Digest("sha256:" + "00" * 32)) is None
