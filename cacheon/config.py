@@ -64,6 +64,9 @@ class ArenaSettings(_Section):
     max_launches: int = Field(default=8, ge=1)
     sigma_floor: float = Field(default=0.02, gt=0)
     alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    """One-sided error of a crown, spent over at most `max_launches` looks (O'Brien-Fleming-type)."""
+    leader_share: float = Field(default=0.8, gt=0, le=1)
+    """Emission share of the leader; the runner-up gets the rest, or the leader all of it."""
     max_image_gb: float = Field(default=60.0, gt=0)
     registry_allowlist: list[str] = Field(default_factory=list)
     """Registry hosts a commitment may name; empty allows any."""

@@ -1,0 +1,66 @@
+"""The arena's parameters, as one frozen value the validator builds from its settings.
+
+The rules never read configuration themselves: a pure function of its arguments can be replayed,
+simulated and tested with any parameters, and a change of settings is visible at the call site.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ArenaParams:
+    """Everything the rules depend on; see `ArenaSettings` for the operator-facing meaning."""
+
+    moat: float
+    """A challenger must be this much faster (0.01 = 1%) than the leader, or the baseline."""
+    alpha: float
+    """One-sided probability of crowning a challenger that is not faster by the moat."""
+    max_launches: int
+    """Launches a challenger may spend against one opponent before it is ruled not faster."""
+    sigma_floor: float
+    """Lower bound of the launch-noise estimate, so a lucky quiet history cannot shrink it."""
+    max_challengers_per_round: int
+    min_blocks_between_evaluations: int
+    """Cooldown between the starts of two evaluations of one hotkey."""
+    leader_share: float
+    """Emission share of the leader; the runner-up gets the rest."""
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name} = {value!r}: {rule}"
+            for name, value, ok, rule in (
+                ("moat", self.moat, 0 <= self.moat < 1, "must be in [0, 1)"),
+                ("alpha", self.alpha, 0 < self.alpha < 0.5, "must be in (0, 0.5)"),
+                ("max_launches", self.max_launches, self.max_launches >= 1, "must be >= 1"),
+                ("sigma_floor", self.sigma_floor, self.sigma_floor > 0, "must be > 0"),
+                (
+                    "max_challengers_per_round",
+                    self.max_challengers_per_round,
+                    self.max_challengers_per_round >= 1,
+                    "must be >= 1",
+                ),
+                (
+                    "min_blocks_between_evaluations",
+                    self.min_blocks_between_evaluations,
+                    self.min_blocks_between_evaluations >= 0,
+                    "must be >= 0",
+                ),
+                (
+                    "leader_share",
+                    self.leader_share,
+                    0 < self.leader_share <= 1,
+                    "must be in (0, 1]",
+                ),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def log_moat(self) -> float:
+        """The bar in log-ratio space: a crown needs a lower bound above log(1 + moat)."""
+        return math.log1p(self.moat)
