@@ -77,9 +77,19 @@ class ModelSettings(_Section):
     revision: str = "main"
     max_model_len: int = Field(default=32768, ge=1)
     gpu_type: str = "H200"
-    gpu_count: int = Field(default=8, ge=1)
+    gpu_count: int = Field(default=8, ge=0)
+    """GPUs a pod must have, all of `gpu_type`; 0 accepts a CPU-only pod (the local demo)."""
     baseline_image: str = "docker.io/vllm/vllm-openai@sha256:" + "0" * 64
     """The pinned vLLM image every contestant is compared with; set the real digest in deployment."""
+    source: Literal["hf", "s3"] = "hf"
+    """Where the pod fetches the weights: the Hugging Face hub, or the operator's S3 mirror."""
+    hf_endpoint: str = "https://huggingface.co"
+    manifest: str | None = None
+    """JSON file pinning every weight file: {"files": {"<path>": {"sha256": ..., "size": ...}}}."""
+    s3_prefix: str = "models"
+    """Key prefix of the S3 mirror; a file is at <s3_prefix>/<name>/<revision>/<path>."""
+    cache_dir: str | None = None
+    """Weight cache on the pod (a provider volume when there is one); unset: <agent_root>/models."""
 
 
 class PodSettings(_Section):
@@ -91,6 +101,14 @@ class PodSettings(_Section):
     keep_on_restart: bool = True
     pod_idle_release_s: float = Field(default=1800.0, ge=0)
     name_prefix: str = Field(default="cacheon", pattern=r"^[a-z][a-z0-9-]{1,30}$")
+    agent_root: str = "/opt/cacheon-agent"
+    """Work directory on the pod: venvs, wheelhouses and job directories live under it."""
+    python_url: str | None = None
+    """A standalone CPython (.tar.gz, `python/bin/python3` inside) fetched on a pod whose own
+    python3 is older than 3.11; unset: such a pod is refused."""
+    python_sha256: str | None = None
+    ssh_connect_timeout_s: float = Field(default=30.0, gt=0)
+    ssh_keepalive_s: float = Field(default=15.0, gt=0)
     targon_api_key: SecretStr | None = None
     lium_api_key: SecretStr | None = None
 
@@ -102,6 +120,12 @@ class S3Settings(_Section):
     prefix: str = "cacheon"
     access_key_id: str | None = None
     secret_access_key: SecretStr | None = None
+    path_style: bool = False
+    """Path-style addressing (endpoint/bucket/key), which MinIO and SeaweedFS need."""
+    url_expiry_s: int = Field(default=3600, ge=60, le=7 * 86400)
+    """Lifetime of a presigned upload URL; the validator refreshes them before they expire."""
+    keep_rounds: int = Field(default=500, ge=1)
+    """Round prefixes kept in the bucket; older rounds' objects are deleted."""
 
 
 class LogSettings(_Section):

@@ -8,10 +8,15 @@ and reason codes are `StrEnum`s so that a verdict is data, not prose. This modul
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, NewType
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 0
 """Version of the models below; bumped on any incompatible change."""
@@ -113,6 +118,14 @@ class Phase(StrEnum):
     FAILED = "failed"
 
 
+class JobKind(StrEnum):
+    """What an agent job does. `round` is the benchmark; `probe` measures nothing and reports the
+    pod's hardware, which proves the whole handoff path (bootstrap, detach, upload, verify)."""
+
+    ROUND = "round"
+    PROBE = "probe"
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -152,6 +165,15 @@ class GateThresholds(_Model):
     provisional: bool = True
 
 
+REPORT_OBJECT = "report.json"
+"""Name of the signed report's object under the round's prefix."""
+
+
+def trace_object(index: int) -> str:
+    """Name of the `index`-th trace object under the round's prefix (`trace-000.jsonl.gz`, ...)."""
+    return f"trace-{index:03d}.jsonl.gz"
+
+
 class UploadSlot(_Model):
     """A presigned PUT URL for one numbered object under this round's prefix."""
 
@@ -161,7 +183,11 @@ class UploadSlot(_Model):
 
 
 class JobSpec(_Model):
+    """Everything the agent needs for one job. It travels as a file on the pod, so it carries no
+    secret: the HMAC key arrives on the agent's stdin and uploads use presigned URLs only."""
+
     schema_version: int = SCHEMA_VERSION
+    kind: JobKind = JobKind.ROUND
     round_id: str
     seed: str  # hex
     served_model_name: str
@@ -174,6 +200,8 @@ class JobSpec(_Model):
     uploads: tuple[UploadSlot, ...] = ()
     startup_deadline_s: float = 1200.0
     round_deadline_s: float = 4 * 3600.0
+    probe_seconds: float = Field(default=0.0, ge=0)
+    """A probe job samples the GPUs (clocks, throttling) this long before it reports."""
 
 
 class ProgressEvent(_Model):
@@ -186,8 +214,49 @@ class ProgressEvent(_Model):
     launch: int | None = None
     done: int | None = None
     total: int | None = None
+    bytes_done: int | None = None
+    bytes_total: int | None = None
+    elapsed_s: float | None = None
     message: str = ""
     error: str | None = None
+
+
+class JobStatus(_Model):
+    """Written by the agent when a job ends (`status.json`), so a validator that reattaches
+    later still learns how it ended. Absent while running or after a hard kill."""
+
+    schema_version: int = SCHEMA_VERSION
+    round_id: str
+    exit_code: int
+    report_uploaded: bool
+    error: str | None = None
+    finished_at: float
+
+
+class ModelFile(_Model):
+    """One weight file to fetch onto the pod and the hash it must have."""
+
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+    url: str
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, path: str) -> str:
+        parts = path.split("/")
+        if not path or path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(f"{path!r} is not a plain relative path")
+        return path
+
+
+class FetchPlan(_Model):
+    """What `cacheon-agent fetch_model` downloads into `dest`, every file verified."""
+
+    schema_version: int = SCHEMA_VERSION
+    model: str  # name@revision, for messages
+    dest: str
+    files: tuple[ModelFile, ...]
 
 
 class ImageFacts(_Model):
@@ -202,7 +271,11 @@ class ImageFacts(_Model):
 class HardwareFacts(_Model):
     gpu_names: tuple[str, ...] = ()
     gpu_clocks_mhz: tuple[int, ...] = ()
+    gpu_max_clocks_mhz: tuple[int, ...] = ()
+    gpu_memory_mib: tuple[int, ...] = ()
+    driver_version: str | None = None
     throttled: bool = False
+    throttle_reasons: tuple[str, ...] = ()
     enforced_limits: dict[str, str] = Field(default_factory=dict)
 
 
@@ -240,15 +313,92 @@ class ContestantResult(_Model):
     detail: str = ""
 
 
+class TraceRef(_Model):
+    """One uploaded trace object; its hash makes the trace as authentic as the signed report."""
+
+    name: str
+    sha256: str
+    size: int
+    records: int
+
+
 class RoundReport(_Model):
     """Raw measurements from the agent; all verdict maths happens on the validator."""
 
     schema_version: int = SCHEMA_VERSION
     round_id: str
+    kind: JobKind = JobKind.ROUND
+    agent_version: str = ""
     launches: tuple[Launch, ...] = ()
     results: tuple[ContestantResult, ...] = ()
     hardware: HardwareFacts = HardwareFacts()
-    trace_objects: tuple[str, ...] = ()
+    traces: tuple[TraceRef, ...] = ()
+
+
+class TraceRecord(_Model):
+    """One measured request (DESIGN.md §4.3). Times are nanoseconds from the moment its bytes
+    were sent; `token_ns[i]` is when the i-th token id arrived (several per event share a time).
+    Traces are gzip-compressed JSON lines, one record each (`encode_trace`)."""
+
+    launch: int
+    contestant: str
+    concurrency: int
+    block: int
+    prompt: int
+    sent_ns: int
+    token_ns: tuple[int, ...] = ()
+    token_ids: tuple[int, ...] = ()
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+def encode_trace(records: Iterable[TraceRecord]) -> bytes:
+    """Compressed JSON lines; byte-identical for identical records (gzip mtime is fixed)."""
+    text = b"".join(canonical_bytes(record) + b"\n" for record in records)
+    return gzip.compress(text, mtime=0)
+
+
+def decode_trace(data: bytes) -> list[TraceRecord]:
+    """Inverse of `encode_trace`; raises ValueError (or OSError from gzip) on damaged data."""
+    lines = gzip.decompress(data).splitlines()
+    return [TraceRecord.model_validate_json(line) for line in lines if line]
+
+
+def canonical_bytes(model: BaseModel) -> bytes:
+    """The one byte form that is signed: JSON with sorted keys and no whitespace, so a report
+    parsed and re-serialised on the other side yields the same bytes."""
+    return json.dumps(
+        model.model_dump(mode="json"),
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode()
+
+
+_REPORT_MAC_DOMAIN = b"cacheon/round-report\x00"
+
+
+def report_mac(key: bytes, report: RoundReport) -> str:
+    """HMAC-SHA256 (hex) of a report's canonical bytes, domain-separated from any other MAC."""
+    return hmac.new(key, _REPORT_MAC_DOMAIN + canonical_bytes(report), hashlib.sha256).hexdigest()
+
+
+class SignedReport(_Model):
+    """The `report.json` object: the report and its MAC under the round's HMAC key."""
+
+    schema_version: int = SCHEMA_VERSION
+    mac: str = Field(pattern=r"^[0-9a-f]{64}$")
+    report: RoundReport
+
+
+def sign_report(key: bytes, report: RoundReport) -> SignedReport:
+    return SignedReport(mac=report_mac(key, report), report=report)
+
+
+def verify_report(key: bytes, signed: SignedReport) -> bool:
+    """True when the MAC matches; compared in constant time."""
+    return hmac.compare_digest(report_mac(key, signed.report), signed.mac)
 
 
 class Standing(_Model):

@@ -1,15 +1,29 @@
 """`cacheon-agent`: the benchmark agent that runs on the GPU pod.
 
 It must import only the base install (no bittensor, boto3, asyncssh): the pod runs hostile
-containers and holds no validator secret or validator-only dependency.
+containers and holds no validator secret or validator-only dependency. The validator drives it
+over SSH:
+
+    cacheon-agent run --job DIR/job.json        HMAC key on stdin; detaches, prints {"pid": N}
+    cacheon-agent refresh_urls --job DIR/job.json   fresh upload slots (JSON list) on stdin
+    cacheon-agent check                         the pod's GPUs and docker engine, as JSON
+    cacheon-agent fetch_model --plan FILE       fetch and verify the model; progress JSON lines
+
+Exit codes: 0 success, 1 the command failed, 2 bad usage or bad input (nothing started).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
+from pathlib import Path
 
 from cacheon import __version__
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,13 +32,109 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cacheon benchmark agent: runs one round's launches on a GPU pod.",
     )
     parser.add_argument("--version", action="version", version=f"cacheon-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser(
+        "run", help="run a job detached; the round's HMAC key is read from stdin"
+    )
+    run.add_argument("--job", type=Path, required=True, help="the JobSpec file (job.json)")
+    refresh = commands.add_parser(
+        "refresh_urls", help="replace a running job's upload URLs with those on stdin"
+    )
+    refresh.add_argument("--job", type=Path, required=True, help="the running job's job.json")
+    commands.add_parser("check", help="report the pod's GPUs and docker engine as JSON")
+    fetch = commands.add_parser("fetch_model", help="fetch and verify the model weights")
+    fetch.add_argument("--plan", type=Path, required=True, help="the FetchPlan file")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from cacheon.log import configure_logging
+
+    configure_logging("json", "info")
+    handlers = {
+        "run": _run,
+        "refresh_urls": _refresh_urls,
+        "check": _check,
+        "fetch_model": _fetch_model,
+    }
+    return handlers[args.command](args)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"cacheon-agent: {message}", file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+
+    from cacheon.agent import job
+
+    try:
+        key = job.read_key()
+        spec = job.load_job(args.job)
+    except job.JobError as exc:
+        return _fail(str(exc))
+    job_dir = args.job.parent
+    pid = job.detach(job_dir)
+    if pid is not None:
+        print(json.dumps({"pid": pid}), flush=True)
+        return 0
+    status = asyncio.run(job.run_job(spec, key, job_dir))
+    os._exit(status.exit_code)
+
+
+def _refresh_urls(args: argparse.Namespace) -> int:
+    from cacheon.agent import job, uploads
+
+    try:
+        spec = job.JobSpec.model_validate_json(args.job.read_bytes())
+        slots = uploads.parse_slots(sys.stdin.buffer.read())
+    except OSError as exc:
+        return _fail(f"{args.job}: {exc.strerror}")
+    except ValueError as exc:
+        return _fail(str(exc))
+    unknown = {slot.name for slot in slots} - {slot.name for slot in spec.uploads}
+    if unknown:
+        return _fail(f"no such upload slots in this job: {sorted(unknown)}")
+    uploads.write_refreshed_slots(args.job.parent, slots)
+    print(json.dumps({"refreshed": len(slots)}))
+    return 0
+
+
+def _check(_args: argparse.Namespace) -> int:
+    from cacheon.agent.hardware import check_pod
+
+    print(check_pod().model_dump_json())
+    return 0
+
+
+def _fetch_model(args: argparse.Namespace) -> int:
+    from cacheon.agent.modelfetch import FetchError, fetch_model
+    from cacheon.protocol import FetchPlan, ProgressEvent
+
+    try:
+        plan = FetchPlan.model_validate_json(args.plan.read_bytes())
+    except OSError as exc:
+        return _fail(f"{args.plan}: {exc.strerror}")
+    except ValueError as exc:
+        return _fail(f"{args.plan}: not a valid fetch plan: {exc}")
+
+    def emit(event: ProgressEvent) -> None:
+        print(event.model_dump_json(exclude_none=True), flush=True)
+
+    try:
+        result = asyncio.run(fetch_model(plan, emit))
+    except FetchError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except OSError as exc:
+        return _fail(f"{plan.dest}: {exc}", EXIT_FAILED)
+    print(json.dumps({"fetched": result.fetched, "cached": result.cached}), flush=True)
     return 0
 
 

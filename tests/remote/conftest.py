@@ -1,0 +1,85 @@
+"""Fixtures for the remote tests: SSH targets on the real sshd, a proxy that can cut
+connections mid-command, and a fresh agent_root per test owned by the pod's user."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cacheon.remote.ssh import SshOptions, SshTarget
+from cacheon.testing.services import LOOPBACK, Sshd
+
+
+@pytest.fixture
+def ssh_options(sshd: Sshd) -> SshOptions:
+    return SshOptions(client_key=sshd.client_key, connect_timeout_s=10, keepalive_s=5)
+
+
+@pytest.fixture
+def ssh_target(sshd: Sshd) -> SshTarget:
+    return SshTarget(LOOPBACK, sshd.port, sshd.user, sshd.host_public_key)
+
+
+@pytest.fixture
+def agent_root(sshd: Sshd) -> Iterator[Path]:
+    """A fresh directory on the 'pod' for this test, writable by the SSH user."""
+    root = sshd.agent_root / uuid.uuid4().hex[:8]
+    root.mkdir()
+    shutil.chown(root, user=sshd.user)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class CutProxy:
+    """A TCP relay on loopback in front of a server; `cut()` drops every open connection, as a
+    network failure would, while new connections keep working."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream_port = upstream_port
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+        self.connections = 0
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection(LOOPBACK, self._upstream_port)
+        self._writers |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+    def cut(self) -> None:
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    async def __aenter__(self) -> CutProxy:
+        self._server = await asyncio.start_server(self._handle, LOOPBACK, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.fixture
+def cut_proxy() -> type[CutProxy]:
+    """The proxy class; tests open it with `async with cut_proxy(port) as proxy`."""
+    return CutProxy
