@@ -81,6 +81,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "round_keys",
+        """
+        CREATE TABLE round_keys (
+            round_id   TEXT PRIMARY KEY,
+            hmac_key   BLOB NOT NULL,
+            created_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 
