@@ -111,6 +111,26 @@ class PodSettings(_Section):
     ssh_keepalive_s: float = Field(default=15.0, gt=0)
     targon_api_key: SecretStr | None = None
     lium_api_key: SecretStr | None = None
+    ssh_key_path: str = "~/.cacheon/pod_ed25519"
+    """The validator's own pod SSH key (`cacheon-validator keys init`); `.pub` beside it."""
+    max_lifetime_h: float = Field(default=24.0, gt=0, le=720)
+    """A pod older than this is terminated by the sweep, leased or not."""
+    ready_timeout_s: float = Field(default=1200.0, gt=0)
+    """From rent to SSH answering; a pod not ready by then is terminated."""
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    api_timeout_s: float = Field(default=30.0, gt=0)
+    """Deadline of one provider API request."""
+    targon_base_url: str = "https://api.targon.com/tha/v2"
+    targon_ssh_gateway: str = Field(
+        default="ssh.deployments.targon.com:22", pattern=r"^[^:\s]+:\d{1,5}$"
+    )
+    targon_image: str = "ghcr.io/manifold-inc/ubuntu-systemd-docker:v3"
+    """The rental's image: it must run sshd and Docker with the NVIDIA runtime."""
+    lium_base_url: str = "https://lium.io/api"
+    lium_template_id: str | None = None
+    """A Lium template with Docker-in-Docker; required when `lium` is a provider."""
+    static_hosts: list[str] = Field(default_factory=list)
+    """Own machines, `user@host:port <host key type> <base64>` each (`ssh-keyscan` gives the key)."""
 
 
 class S3Settings(_Section):

@@ -11,6 +11,8 @@ from cacheon.arena import ArenaParams
 from cacheon.arena import simulate as arena_simulate
 from cacheon.cli.common import EXIT_FAILED, add_settings_arguments, load_or_exit, make_parser
 from cacheon.cli.devnet import add_devnet_parser, run_devnet
+from cacheon.cli.pods import add_commands as add_pods_commands
+from cacheon.cli.pods import run as run_pods_command
 from cacheon.config import ArenaSettings, render_settings
 from cacheon.log import configure_logging, get_logger
 from cacheon.store.db import Database, DatabaseError
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_settings_arguments(show)
     add_devnet_parser(commands)
+    add_pods_commands(commands)
 
     simulate = commands.add_parser(
         "simulate", help="measure the verdict rules on synthetic challengers under noise"
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "devnet":
         return run_devnet(args)
+    if args.command in ("keys", "pods") and (code := run_pods_command(args)) is not None:
+        return code
     if args.command == "config" and args.config_command == "show":
         print(render_settings(load_or_exit(args)))
         return 0
