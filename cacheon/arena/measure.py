@@ -147,6 +147,22 @@ def _log_speed(launch: Launch, common: set[tuple[int, int]]) -> float:
     return math.fsum(weighted[c] / requests[c] for c in sorted(weighted)) / len(weighted)
 
 
+def behavioural_copies(roster: Roster, report: RoundReport) -> frozenset[Digest]:
+    """Challengers that produced bit-identical outputs to the leader in this round (§4.6).
+
+    Such a challenger is reported and cannot be runner-up while that digest leads; it is not
+    failed, since a faithful re-implementation of the same engine may legitimately agree.
+    """
+    if roster.leader is None:
+        return frozenset()
+    prints: dict[str, set[str]] = defaultdict(set)
+    for launch in report.launches:
+        if launch.output_fingerprint is not None:
+            prints[launch.contestant].add(launch.output_fingerprint)
+    leader = prints[roster.leader.key]
+    return frozenset(entry.digest for entry in roster.challengers if prints[entry.key] & leader)
+
+
 @dataclass(frozen=True)
 class RoundEvidence:
     """What one round adds to each contestant's evidence."""

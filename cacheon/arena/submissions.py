@@ -172,6 +172,7 @@ def select_challengers(
     room = min(params.max_challengers_per_round, affordable_launches)
     chosen: list[Submission] = []
     deferred: list[tuple[Submission, Deferral]] = []
+    places = 0  # places in the round taken, or that only the budget kept from being taken
     for entry in entries:
         submission = entry.submission
         started = last_started.get(submission.hotkey)
@@ -181,10 +182,12 @@ def select_challengers(
             and now - started < params.min_blocks_between_evaluations
         ):
             deferred.append((submission, Deferral.COOLDOWN))
-        elif len(chosen) < room:
+            continue
+        if places < room:
             chosen.append(submission)
-        elif len(chosen) < params.max_challengers_per_round:
+        elif places < params.max_challengers_per_round:
             deferred.append((submission, Deferral.BUDGET))
         else:
             deferred.append((submission, Deferral.CAPACITY))
+        places += 1
     return Selection(tuple(chosen), tuple(deferred))
