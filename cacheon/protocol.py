@@ -161,6 +161,20 @@ class GateThresholds(_Model):
     kl_p99: float = 0.5
     min_logprob: float = -12.0
     length_band: tuple[float, float] = (0.9, 1.1)
+    fabrication_entropy: float = 1.0
+    """Reference entropy (nats) above which a reported near-certainty is suspect."""
+    fabrication_share: float = 0.5
+    """Share of such positions reported as near-certain that fails the run..."""
+    fabrication_min_positions: int = 8
+    """...once there are at least this many of them."""
+    copy_share: float = 0.5
+    """Share of responses bit-identical to the leader's that flags a behavioural copy (§4.6)."""
+    score_prompt_cap: int = 4096
+    """Responses to longer prompts are scored on a seeded sample: prompt_logprobs costs ~1.5 kB
+    of JSON per prompt position, and vLLM builds it in Python."""
+    long_prompt_sample: int = 8
+    text_sample: int = 16
+    """Responses per contestant whose streamed text is checked against their token ids."""
     version: int = 0
     provisional: bool = True
 
@@ -279,6 +293,17 @@ class HardwareFacts(_Model):
     enforced_limits: dict[str, str] = Field(default_factory=dict)
 
 
+class PodFacts(_Model):
+    """The agent's answer to `cacheon-agent check`: what the pod is, for the validator to judge."""
+
+    hardware: HardwareFacts
+    gpu_problem: str | None = None
+    """Why no GPU could be read (`no GPU: nvidia-smi not found`, ...); None when GPUs answered."""
+    docker_version: str | None = None
+    docker_problem: str | None = None
+    runtimes: tuple[str, ...] = ()
+
+
 class LevelMeasurement(_Model):
     """One block at one concurrency level of one launch."""
 
@@ -287,6 +312,16 @@ class LevelMeasurement(_Model):
     speed: float  # geometric mean of 1/T_k over the block's requests, in 1/s
     requests: int
     client_saturated: bool = False
+    # reported beside the speed (medians over the block's requests), never scored
+    ttft_s: float | None = None
+    itl_s: float | None = None
+    e2e_s: float | None = None
+    output_tokens: int = 0
+    throughput_tok_s: float | None = None
+    client_cpu_share: float | None = None
+    """The busiest load worker's CPU time over the block's wall time."""
+    client_lag_p99_s: float | None = None
+    """The worst load worker's p99 event-loop lag: how late its timestamps could be."""
 
 
 class Launch(_Model):
@@ -311,6 +346,9 @@ class ContestantResult(_Model):
     outcome: Outcome
     reason: ReasonCode | None = None
     detail: str = ""
+    copy_of: str | None = None
+    """Key of the leader whose measured outputs this contestant reproduced bit for bit (§4.6):
+    a behavioural copy, reported, and never runner-up."""
 
 
 class TraceRef(_Model):

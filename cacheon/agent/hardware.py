@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import docker
 import docker.errors
-from pydantic import BaseModel, ConfigDict
 
-from cacheon.protocol import HardwareFacts
+from cacheon.protocol import HardwareFacts, PodFacts
 
 NVIDIA_SMI_TIMEOUT_S = 30.0
 DOCKER_TIMEOUT_S = 30
@@ -27,19 +26,6 @@ _THROTTLE_BITS = {
     0x40: "hw_thermal_slowdown",
     0x80: "hw_power_brake_slowdown",
 }
-
-
-class PodFacts(BaseModel):
-    """The agent's answer to `cacheon-agent check`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    hardware: HardwareFacts
-    gpu_problem: str | None = None
-    """Why no GPU could be read (`no GPU: nvidia-smi not found`, ...); None when GPUs answered."""
-    docker_version: str | None = None
-    docker_problem: str | None = None
-    runtimes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

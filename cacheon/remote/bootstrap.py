@@ -83,7 +83,9 @@ class AgentInstall:
 def build_self_wheel(dest_dir: Path) -> Path:
     """A wheel of the `cacheon` package exactly as it is installed here (editable or not),
     with the installed metadata; deterministic, so equal code gives an equal wheel."""
-    dist = importlib.metadata.distribution("cacheon")
+    # the installed dist-info, not a source tree's egg-info that may shadow it from the cwd
+    found = list(importlib.metadata.distributions(name="cacheon"))
+    dist = next((d for d in found if d.read_text("METADATA")), found[0])
     package_dir = Path(cacheon.__file__).parent
     info = f"cacheon-{__version__}.dist-info"
     entries: list[tuple[str, bytes]] = [
@@ -92,7 +94,10 @@ def build_self_wheel(dest_dir: Path) -> Path:
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
     ]
     entries += [
-        (f"{info}/METADATA", (dist.read_text("METADATA") or "").encode()),
+        (
+            f"{info}/METADATA",
+            (dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "").encode(),
+        ),
         (f"{info}/entry_points.txt", (dist.read_text("entry_points.txt") or "").encode()),
         (
             f"{info}/WHEEL",

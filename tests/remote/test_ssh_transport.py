@@ -107,10 +107,14 @@ def test_a_cut_connection_raises_disconnected(
             target = SshTarget("127.0.0.1", proxy.port, sshd.user, sshd.host_public_key)
             session = await connect(target, ssh_options)
             got = []
-            with pytest.raises(SshDisconnected):
+
+            async def consume() -> None:
                 async for line in session.lines("echo first; sleep 30", deadline_s=20):
                     got.append(line)
                     proxy.cut()
+
+            with pytest.raises(SshDisconnected):
+                await consume()
             assert got == [b"first\n"]
             await session.close()
 
