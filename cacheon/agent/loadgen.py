@@ -1,0 +1,406 @@
+"""The load generator: closed-loop streaming clients in worker processes, timed to the token.
+
+The client must never be what is measured (DESIGN.md §4.3). So the hot path does the least it
+can: one keep-alive aiohttp pool with no connection cap per worker process, one
+`perf_counter_ns` stamp per socket read, SSE framing by byte search, and nothing else; JSON is
+parsed after the block (`response.parse`). Load is sharded over processes before one saturates,
+and each worker reports its CPU share and event-loop lag for every block, so a block measured
+while the client was saturated is marked and discarded by the validator.
+
+Workers join the server's network namespace (`setns`) before they open a socket: a contestant
+runs with `--network none` and is reachable only on its own loopback (DESIGN.md §4.8). Every
+response is bounded in time (`request_timeout_s`), in bytes per event and in bytes overall, so a
+hostile server ends in a fault, never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import math
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Final
+
+import aiohttp
+
+from cacheon.agent.response import Event, Response, ResponseFault, parse
+from cacheon.agent.workload import Prompt, request_body
+from cacheon.log import get_logger
+from cacheon.protocol import ReasonCode
+
+STREAMS_PER_WORKER: Final = 32
+"""Concurrent streams one worker process takes before the load is sharded over another; one
+process parses 50-90k events per CPU-second, far above 32 streams of a 72B model."""
+MAX_EVENT_BYTES: Final = 1 << 20
+"""A single server-sent event larger than this is a fault (64 tokens with logprobs are ~40 KiB)."""
+RESPONSE_BYTES_PER_TOKEN: Final = 16 << 10
+"""Bytes a response may carry per requested token (plus one MAX_EVENT_BYTES) before it faults."""
+LAG_TICK_NS: Final = 5_000_000
+CLIENT_CPU_LIMIT: Final = 0.85
+"""A worker busy this share of a block's wall time was saturated."""
+CLIENT_LAG_P50_LIMIT_NS: Final = 2_000_000
+"""A worker whose event loop woke this late half the time was queueing its own work. Rare
+spikes (the p99, reported) come from a shared host as often as from the client."""
+TIMER_SLACK_NS: Final = 1_000_000
+"""epoll rounds timer waits up to whole milliseconds; that slack is not lag (reads wake at once)."""
+EXTRA_EVENTS: Final = 64
+"""Events a response may carry beyond one per requested token (role, usage, [DONE], empty)."""
+START_MARGIN_NS: Final = 50_000_000
+"""Workers receive a block this long before its common start, their barrier."""
+CLONE_NEWNET: Final = 0x40000000
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a server listens and how to reach it."""
+
+    base_url: str
+    netns_pid: int | None = None
+    """A process in the server's network namespace, which workers join; None: this namespace."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One request of a block: its response, or the fault that ended it."""
+
+    index: int
+    sent_ns: int
+    response: Response | None
+    reason: ReasonCode | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ClientLoad:
+    """How busy one worker was during a block."""
+
+    cpu_share: float
+    lag_p50_ns: int
+    lag_p99_ns: int
+    lag_max_ns: int
+
+    @property
+    def saturated(self) -> bool:
+        return self.cpu_share > CLIENT_CPU_LIMIT or self.lag_p50_ns > CLIENT_LAG_P50_LIMIT_NS
+
+
+@dataclass(frozen=True)
+class BlockResult:
+    measured: tuple[Measured, ...]
+    """One per prompt, in prompt order."""
+    clients: tuple[ClientLoad, ...]
+
+    @property
+    def saturated(self) -> bool:
+        return any(client.saturated for client in self.clients)
+
+    @property
+    def fault(self) -> Measured | None:
+        """The first request that faulted, by send time."""
+        faults = [m for m in self.measured if m.reason is not None]
+        return min(faults, key=lambda m: m.sent_ns) if faults else None
+
+
+def workers_for(concurrency: int) -> int:
+    return max(1, math.ceil(concurrency / STREAMS_PER_WORKER))
+
+
+class WorkerLost(Exception):
+    """A worker process died or stopped answering; the measurement cannot be trusted."""
+
+
+class LoadGenerator:
+    """Worker processes bound to one server; an async context manager."""
+
+    def __init__(self, target: Target, model: str, workers: int, request_timeout_s: float) -> None:
+        self.target = target
+        self.model = model
+        self.request_timeout_s = request_timeout_s
+        context = multiprocessing.get_context("spawn")
+        self._workers: list[tuple[Any, Connection]] = []
+        for _ in range(workers):
+            parent_end, child_end = context.Pipe()
+            process = context.Process(
+                target=_worker_main,
+                args=(child_end, target, model),
+                daemon=True,
+                name="cacheon-load",
+            )
+            self._workers.append((process, parent_end))
+
+    async def __aenter__(self) -> LoadGenerator:
+        for process, _ in self._workers:
+            process.start()
+        for index in range(len(self._workers)):
+            await self._call(index, ("ready",), timeout_s=60)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await asyncio.to_thread(self._stop_all)
+
+    def _stop_all(self) -> None:
+        for _process, conn in self._workers:
+            with contextlib.suppress(OSError):
+                conn.send(("stop",))
+        for process, conn in self._workers:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+            conn.close()
+
+    async def _call(self, index: int, message: tuple[Any, ...], timeout_s: float) -> Any:
+        process, conn = self._workers[index]
+
+        def roundtrip() -> Any:
+            conn.send(message)
+            if not conn.poll(timeout_s):
+                raise WorkerLost(f"load worker {index} did not answer within {timeout_s:.0f}s")
+            return conn.recv()
+
+        try:
+            return await asyncio.to_thread(roundtrip)
+        except (EOFError, OSError) as exc:
+            raise WorkerLost(f"load worker {index} (pid {process.pid}) is gone: {exc}") from exc
+
+    async def health(self, timeout_s: float = 2.0) -> int | None:
+        """The status of one GET /health, or None when nothing answered."""
+        status: int | None = await self._call(0, ("health", timeout_s), timeout_s + 10)
+        return status
+
+    async def run_block(self, prompts: Sequence[Prompt], concurrency: int) -> BlockResult:
+        """Send `prompts` closed-loop at `concurrency`, all workers starting together."""
+        used = min(len(self._workers), workers_for(concurrency), len(prompts))
+        start_at = time.perf_counter_ns() + START_MARGIN_NS
+        bodies = [(i, request_body(p, self.model), p.max_tokens) for i, p in enumerate(prompts)]
+        shares = [
+            (
+                start_at,
+                bodies[worker::used],
+                concurrency // used + (worker < concurrency % used),
+                self.request_timeout_s,
+            )
+            for worker in range(used)
+        ]
+        timeout = self.request_timeout_s * math.ceil(len(prompts) / concurrency) + 60
+        replies = await asyncio.gather(
+            *(self._call(w, ("block", *shares[w]), timeout) for w in range(used))
+        )
+        measured = sorted((m for reply in replies for m in reply[0]), key=lambda m: m.index)
+        return BlockResult(tuple(measured), tuple(reply[1] for reply in replies))
+
+
+# --- inside a worker process ---------------------------------------------------------------------
+
+
+def join_network_namespace(pid: int) -> None:
+    """Move this process into the network namespace of `pid` (needs CAP_SYS_ADMIN).
+
+    Python 3.11 has no `os.setns`, so libc's is called directly.
+    """
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(
+                errno, f"setns into the network namespace of pid {pid}: {os.strerror(errno)}"
+            )
+    finally:
+        os.close(fd)
+
+
+def _worker_main(conn: Connection, target: Target, model: str) -> None:
+    if target.netns_pid is not None:
+        join_network_namespace(target.netns_pid)
+    gc.collect()
+    gc.freeze()
+    asyncio.run(_Worker(conn, target, model).serve())
+
+
+class _Worker:
+    def __init__(self, conn: Connection, target: Target, model: str) -> None:
+        self.conn = conn
+        self.target = target
+        self.model = model
+        self.url = target.base_url.rstrip("/") + "/v1/chat/completions"
+
+    async def serve(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=600, ttl_dns_cache=None)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
+        ) as session:
+            while True:
+                message = await asyncio.to_thread(self.conn.recv)
+                if message[0] == "stop":
+                    return
+                if message[0] == "ready":
+                    self.conn.send(True)
+                elif message[0] == "health":
+                    self.conn.send(await self._health(session, message[1]))
+                else:
+                    self.conn.send(await self._block(session, *message[1:]))
+
+    async def _health(self, session: aiohttp.ClientSession, timeout_s: float) -> int | None:
+        url = self.target.base_url.rstrip("/") + "/health"
+        try:
+            async with asyncio.timeout(timeout_s), session.get(url) as response:
+                await response.read()
+                return response.status
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return None
+
+    async def _block(
+        self,
+        session: aiohttp.ClientSession,
+        start_at: int,
+        bodies: list[tuple[int, bytes, int]],
+        streams: int,
+        timeout_s: float,
+    ) -> tuple[list[Measured], ClientLoad]:
+        queue = deque(bodies)
+        raw: list[tuple[int, int, list[Event], ResponseFault | None, int]] = []
+        tasks: list[asyncio.Task[None]] = []
+
+        async def stream() -> None:
+            while queue:
+                index, body, max_tokens = queue.popleft()
+                sent, events, fault = await self._request(session, body, max_tokens, timeout_s)
+                raw.append((index, sent, events, fault, max_tokens))
+                if fault is not None:  # the launch fails: do not wait out the other deadlines
+                    queue.clear()
+                    for task in tasks:
+                        if task is not asyncio.current_task():
+                            task.cancel()
+
+        lags: list[int] = []
+        monitor = asyncio.create_task(_lag_monitor(lags))
+        await _sleep_until_ns(start_at)
+        gc.disable()
+        wall0, cpu0 = time.perf_counter_ns(), time.process_time_ns()
+        tasks.extend(asyncio.create_task(stream()) for _ in range(streams))
+        await asyncio.gather(*tasks, return_exceptions=True)
+        wall, cpu = time.perf_counter_ns() - wall0, time.process_time_ns() - cpu0
+        monitor.cancel()
+        gc.enable()
+        lags.sort()
+        load = ClientLoad(
+            cpu_share=cpu / wall if wall else 0.0,
+            lag_p50_ns=lags[len(lags) // 2] if lags else 0,
+            lag_p99_ns=lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0,
+            lag_max_ns=lags[-1] if lags else 0,
+        )
+        return [self._parse(*item) for item in raw], load
+
+    def _parse(
+        self,
+        index: int,
+        sent: int,
+        events: list[Event],
+        fault: ResponseFault | None,
+        max_tokens: int,
+    ) -> Measured:
+        try:
+            if fault is not None:
+                raise fault
+            return Measured(index, sent, parse(sent, events, self.model, max_tokens))
+        except ResponseFault as exc:
+            return Measured(index, sent, None, exc.reason, exc.detail)
+
+    async def _request(
+        self, session: aiohttp.ClientSession, body: bytes, max_tokens: int, timeout_s: float
+    ) -> tuple[int, list[Event], ResponseFault | None]:
+        events: list[Event] = []
+        sent = time.perf_counter_ns()
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with session.post(
+                    self.url, data=body, headers={"content-type": "application/json"}
+                ) as response:
+                    if response.status != 200:
+                        text = (await response.content.read(300)).decode(errors="replace")
+                        return (
+                            sent,
+                            events,
+                            ResponseFault(
+                                ReasonCode.BAD_RESPONSE, f"HTTP {response.status}: {text}"
+                            ),
+                        )
+                    await _read_events(response, events, max_tokens)
+        except TimeoutError:
+            fault = ResponseFault(
+                ReasonCode.BAD_RESPONSE, f"no complete response within {timeout_s:g}s"
+            )
+            return sent, events, fault
+        except ResponseFault as exc:
+            return sent, events, exc
+        except (aiohttp.ClientError, OSError) as exc:
+            fault = ResponseFault(ReasonCode.BAD_RESPONSE, f"connection failed: {exc!r}"[:300])
+            return sent, events, fault
+        return sent, events, None
+
+
+async def _read_events(
+    response: aiohttp.ClientResponse, events: list[Event], max_tokens: int
+) -> None:
+    """Frame the SSE stream into `events`, stamping each with the read that completed it."""
+    limit = max_tokens * RESPONSE_BYTES_PER_TOKEN
+    max_events = max_tokens + EXTRA_EVENTS
+    buffer = b""
+    total = 0
+    async for chunk in response.content.iter_any():
+        now = time.perf_counter_ns()
+        total += len(chunk)
+        if total > limit + MAX_EVENT_BYTES:
+            raise ResponseFault(ReasonCode.BAD_RESPONSE, f"the response exceeds {limit} bytes")
+        buffer += chunk
+        while (end := buffer.find(b"\n\n")) >= 0:
+            data = _data(buffer[:end])
+            buffer = buffer[end + 2 :]
+            if data is not None:
+                events.append(Event(now, data))
+                if data == b"[DONE]":
+                    return
+                if len(events) > max_events:
+                    raise ResponseFault(
+                        ReasonCode.BAD_RESPONSE,
+                        f"more than {max_events} events for max_tokens={max_tokens}",
+                    )
+        if len(buffer) > MAX_EVENT_BYTES:
+            raise ResponseFault(
+                ReasonCode.BAD_RESPONSE, f"an event exceeds {MAX_EVENT_BYTES} bytes"
+            )
+
+
+def _data(block: bytes) -> bytes | None:
+    """The data of one SSE event, or None for a comment-only event."""
+    if block.startswith(b"data: ") and b"\n" not in block:
+        return block[6:]
+    lines = [line for line in block.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    return b"\n".join(line[6:] if line.startswith(b"data: ") else line[5:] for line in lines)
+
+
+async def _lag_monitor(lags: list[int]) -> None:
+    """How late the event loop wakes for a timer: the delay every timestamp also suffers."""
+    while True:
+        before = time.perf_counter_ns()
+        await asyncio.sleep(LAG_TICK_NS / 1e9)
+        lags.append(max(0, time.perf_counter_ns() - before - LAG_TICK_NS - TIMER_SLACK_NS))
+
+
+async def _sleep_until_ns(due: int) -> None:
+    delay = due - time.perf_counter_ns()
+    if delay > 0:
+        await asyncio.sleep(delay / 1e9)

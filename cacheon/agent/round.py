@@ -1,0 +1,381 @@
+"""One round on the pod: every launch of the job's order, measured and reported raw.
+
+The order comes from the JobSpec (`B, L, C1..Cn, L', B'`, plus any extra interleaved launches the
+validator asks for): the baseline and the leader are bookended so that drift can be interpolated
+out (DESIGN.md §4.5). Each launch pulls by digest (the next image is pulled while the current one
+runs), starts with the run profile, waits for health, warms up, measures every block of every
+level with the same prompts for every contestant, and stops. A launch that breaks the contract
+ends with the contestant's reason code; later launches of that contestant are skipped.
+
+The agent computes no verdict: the report carries per-block speeds (geometric mean of 1/T_k with
+k = min(n_baseline, n_contestant, max_tokens), which needs the baseline's token counts, so speeds
+are computed once all launches ran), the client's own load, image facts, enforced limits, and a
+trace per launch. `arena` turns them into ratios and decisions on the validator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import statistics
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import docker
+
+from cacheon.agent import metrics
+from cacheon.agent.hardware import read_gpus
+from cacheon.agent.loadgen import BlockResult, LoadGenerator, Measured, workers_for
+from cacheon.agent.runtime import (
+    DockerRuntime,
+    LaunchFault,
+    RunProfile,
+    Runtime,
+    Server,
+    ServerSpec,
+)
+from cacheon.agent.workload import Prompt, PromptSource, Purpose
+from cacheon.log import get_logger
+from cacheon.protocol import (
+    Attribution,
+    Contestant,
+    ContestantResult,
+    HardwareFacts,
+    ImageFacts,
+    JobSpec,
+    Launch,
+    LevelMeasurement,
+    Outcome,
+    Phase,
+    ReasonCode,
+    Role,
+    RoundReport,
+    TraceRecord,
+    TraceRef,
+)
+
+HEALTH_POLL_S = 0.5
+EXIT_GRACE_S = 2.0
+"""After a fault, how long the engine gets to notice that the server died (crash, OOM)."""
+DETAIL_CHARS = 1000
+
+log = get_logger(__name__)
+
+_NOT_THE_CONTESTANT = {
+    ReasonCode.REGISTRY_UNAVAILABLE: Attribution.REGISTRY,
+    ReasonCode.AGENT_FAILED: Attribution.VALIDATOR,
+    ReasonCode.CLIENT_SATURATED: Attribution.VALIDATOR,
+}
+
+
+class Context(Protocol):
+    """What a job kind gets from the job runner (`cacheon.agent.job.JobContext`)."""
+
+    @property
+    def job_dir(self) -> Path: ...
+
+    def emit(self, phase: Phase, **fields: object) -> None: ...
+
+    async def upload_trace(self, records: Sequence[TraceRecord]) -> TraceRef: ...
+
+
+@dataclass
+class _LaunchRun:
+    index: int
+    key: str
+    started_ns: int
+    ended_ns: int = 0
+    blocks: list[tuple[int, int, BlockResult]] = field(default_factory=list)
+    fault: LaunchFault | None = None
+
+
+async def run_round(spec: JobSpec, ctx: Context) -> RoundReport:
+    """The `round` job kind: the docker runtime with this host's run profile."""
+    server = ServerSpec(spec.served_model_name, spec.model_path, spec.max_model_len)
+    client = docker.from_env(timeout=600)
+    try:
+        runtime = DockerRuntime(client, RunProfile.for_host(), server)
+        report = await RoundRunner(spec, runtime, ctx).run()
+    finally:
+        client.close()
+    gpus = read_gpus().facts
+    return report.model_copy(
+        update={
+            "hardware": gpus.model_copy(update={"enforced_limits": report.hardware.enforced_limits})
+        }
+    )
+
+
+class RoundRunner:
+    def __init__(self, spec: JobSpec, runtime: Runtime, ctx: Context) -> None:
+        contestants = {c.key: c for c in spec.contestants}
+        unknown = sorted(set(spec.launch_order) - set(contestants))
+        if unknown:
+            raise ValueError(f"launch order names unknown contestants: {unknown}")
+        self.spec = spec
+        self.runtime = runtime
+        self.ctx = ctx
+        self.contestants = contestants
+        self.prompts = PromptSource(spec.workload, spec.seed, spec.max_model_len)
+        self.facts: dict[str, ImageFacts] = {}
+        self.failed: dict[str, LaunchFault] = {}
+        self.enforced: dict[str, str] = {}
+        self._pulls: dict[str, asyncio.Task[ImageFacts]] = {}
+        self.log_dir = ctx.job_dir / "logs"
+
+    async def run(self) -> RoundReport:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        removed = await self.runtime.remove_leftovers()
+        if removed:
+            log.warning("removed leftover servers", count=removed)
+        runs: list[_LaunchRun] = []
+        order = self.spec.launch_order
+        try:
+            for index, key in enumerate(order):
+                if key in self.failed:
+                    continue
+                for later in order[index : index + 2]:
+                    self._pull(self.contestants[later].image)
+                run = await self._launch(index, self.contestants[key])
+                runs.append(run)
+                if run.fault is not None:
+                    self.failed[key] = run.fault
+        finally:
+            for task in self._pulls.values():
+                task.cancel()
+        launches = self._launches(runs)
+        for index, run in enumerate(runs):
+            await self.ctx.upload_trace(self._trace(run, launches[index]))
+        return RoundReport(
+            round_id=self.spec.round_id,
+            launches=tuple(launches),
+            results=tuple(self._result(key) for key in dict.fromkeys(order)),
+            hardware=HardwareFacts(enforced_limits=self.enforced),
+        )
+
+    def _pull(self, image: str) -> asyncio.Task[ImageFacts]:
+        if image not in self._pulls:
+            self._pulls[image] = asyncio.create_task(self.runtime.pull(image))
+        return self._pulls[image]
+
+    async def _launch(self, index: int, contestant: Contestant) -> _LaunchRun:
+        key = contestant.key
+        run = _LaunchRun(index, key, time.perf_counter_ns())
+        try:
+            self.ctx.emit(Phase.PULL, contestant=key, launch=index, message=contestant.image)
+            self.facts[key] = await self._pull(contestant.image)
+            self.ctx.emit(Phase.START, contestant=key, launch=index)
+            log_file = self.log_dir / f"launch-{index:02d}-{_safe(key)}.log"
+            name = f"cacheon-{_safe(self.spec.round_id)}-{index:02d}"
+            server = await self.runtime.start(contestant.image, name, log_file)
+            try:
+                if not self.enforced:
+                    self.enforced = await server.enforced_limits()
+                await self._measure(server, run)
+            except LaunchFault as fault:
+                raise await _blame(server, fault) from None
+            finally:
+                ended = await server.stop()
+                log.info("launch ended", key=key, launch=index, exit=ended.code, oom=ended.oom)
+        except LaunchFault as fault:
+            run.fault = fault
+            detail = fault.detail
+            log.warning("launch failed", key=key, launch=index, reason=fault.reason, detail=detail)
+            self.ctx.emit(
+                Phase.FAILED, contestant=key, launch=index, error=f"{fault.reason}: {detail}"
+            )
+        run.ended_ns = time.perf_counter_ns()
+        return run
+
+    async def _measure(self, server: Server, run: _LaunchRun) -> None:
+        workload = self.spec.workload
+        model = self.spec.served_model_name
+        workers = max(workers_for(c) for c in workload.concurrencies)
+        async with LoadGenerator(server.target, model, workers, workload.request_timeout_s) as load:
+            await self._wait_healthy(server, load)
+            total = len(workload.concurrencies) * workload.blocks_per_level
+            for concurrency in workload.concurrencies:
+                if workload.warmup_requests:
+                    self.ctx.emit(Phase.WARMUP, contestant=run.key, launch=run.index)
+                    warmup = self.prompts.block(
+                        Purpose.WARMUP, concurrency, 0, workload.warmup_requests
+                    )
+                    _raise_fault(await load.run_block(warmup, concurrency))
+                for block in range(workload.blocks_per_level):
+                    prompts = self._block(concurrency, block)
+                    result = await load.run_block(prompts, concurrency)
+                    run.blocks.append((concurrency, block, result))
+                    _raise_fault(result)
+                    self.ctx.emit(
+                        Phase.MEASURE,
+                        contestant=run.key,
+                        launch=run.index,
+                        done=len(run.blocks),
+                        total=total,
+                    )
+
+    async def _wait_healthy(self, server: Server, load: LoadGenerator) -> None:
+        deadline = time.monotonic() + self.spec.startup_deadline_s
+        while time.monotonic() < deadline:
+            if (ended := await server.exited()) is not None:
+                reason = ReasonCode.OOM if ended.oom else ReasonCode.CRASHED
+                raise LaunchFault(reason, f"exited with code {ended.code} before it was healthy")
+            if await load.health() == 200:
+                return
+            await asyncio.sleep(HEALTH_POLL_S)
+        raise LaunchFault(
+            ReasonCode.STARTUP_TIMEOUT,
+            f"not healthy within startup_deadline_s={self.spec.startup_deadline_s:g}",
+        )
+
+    def _block(self, concurrency: int, block: int) -> tuple[Prompt, ...]:
+        count = self.spec.workload.prompts_per_block
+        return self.prompts.block(Purpose.MEASURE, concurrency, block, count)
+
+    def _launches(self, runs: Sequence[_LaunchRun]) -> list[Launch]:
+        baseline = _baseline_counts(
+            run for run in runs if self.contestants[run.key].role is Role.BASELINE
+        )
+        return [
+            Launch(
+                index=run.index,
+                contestant=run.key,
+                started_ns=run.started_ns,
+                ended_ns=run.ended_ns,
+                levels=()
+                if run.fault
+                else tuple(self._level(c, b, result, baseline) for c, b, result in run.blocks),
+                output_fingerprint=None if run.fault else _fingerprint(run.blocks),
+                outcome=Outcome.FAIL if run.fault else None,
+                reason=run.fault.reason if run.fault else None,
+                detail=run.fault.detail[-DETAIL_CHARS:] if run.fault else "",
+            )
+            for run in runs
+        ]
+
+    def _level(
+        self,
+        concurrency: int,
+        block: int,
+        result: BlockResult,
+        baseline: dict[tuple[int, int, int], int],
+    ) -> LevelMeasurement:
+        prompts = self._block(concurrency, block)
+        responses = [m.response for m in result.measured if m.response is not None]
+        times = []
+        for measured in result.measured:
+            if measured.response is None:
+                continue  # only in a faulted block, whose launch reports no levels
+            n = metrics.output_tokens(measured.response)
+            n_baseline = baseline.get((concurrency, block, measured.index), n)
+            k = metrics.common_k(n_baseline, n, prompts[measured.index].max_tokens)
+            times.append(metrics.time_to_token_ns(measured.response, k))
+        itl = [gap for r in responses for gap in metrics.itl_ns(r)]
+        return LevelMeasurement(
+            concurrency=concurrency,
+            block=block,
+            speed=metrics.speed(times),
+            requests=len(times),
+            client_saturated=result.saturated,
+            ttft_s=statistics.median(metrics.ttft_ns(r) for r in responses) / 1e9,
+            itl_s=statistics.median(itl) / 1e9 if itl else None,
+            e2e_s=statistics.median(metrics.e2e_ns(r) for r in responses) / 1e9,
+            output_tokens=sum(metrics.output_tokens(r) for r in responses),
+            throughput_tok_s=metrics.throughput(responses),
+            client_cpu_share=max(c.cpu_share for c in result.clients),
+            client_lag_p99_s=max(c.lag_p99_ns for c in result.clients) / 1e9,
+        )
+
+    def _result(self, key: str) -> ContestantResult:
+        fault = self.failed.get(key)
+        if fault is None:
+            return ContestantResult(key=key, image=self.facts.get(key), outcome=Outcome.PASS)
+        outcome = Outcome.NO_DECISION if fault.reason in _NOT_THE_CONTESTANT else Outcome.FAIL
+        return ContestantResult(
+            key=key,
+            image=self.facts.get(key),
+            outcome=outcome,
+            reason=fault.reason,
+            detail=fault.detail[-DETAIL_CHARS:],
+        )
+
+    def _trace(self, run: _LaunchRun, launch: Launch) -> list[TraceRecord]:
+        records = []
+        for concurrency, block, result in run.blocks:
+            for measured in result.measured:
+                records.append(_record(launch, concurrency, block, measured))
+        return records
+
+
+def _raise_fault(result: BlockResult) -> None:
+    fault = result.fault
+    if fault is not None and fault.reason is not None:
+        raise LaunchFault(fault.reason, fault.detail)
+
+
+async def _blame(server: Server, fault: LaunchFault) -> LaunchFault:
+    """A server that died explains the fault its clients saw: it crashed, or ran out of memory."""
+    deadline = time.monotonic() + EXIT_GRACE_S
+    while True:
+        ended = await server.exited()
+        if ended is not None:
+            reason = ReasonCode.OOM if ended.oom else ReasonCode.CRASHED
+            return LaunchFault(reason, f"exited with code {ended.code}: {fault.detail}")
+        if time.monotonic() >= deadline or fault.reason is ReasonCode.STARTUP_TIMEOUT:
+            return fault
+        await asyncio.sleep(0.1)
+
+
+def _baseline_counts(runs: Iterable[_LaunchRun]) -> dict[tuple[int, int, int], int]:
+    """Output tokens of the first baseline launch that measured each prompt."""
+    counts: dict[tuple[int, int, int], int] = {}
+    for run in runs:
+        if run.fault is not None:
+            continue
+        for concurrency, block, result in run.blocks:
+            for measured in result.measured:
+                if measured.response is not None:
+                    counts.setdefault(
+                        (concurrency, block, measured.index),
+                        metrics.output_tokens(measured.response),
+                    )
+    return counts
+
+
+def _fingerprint(blocks: Sequence[tuple[int, int, BlockResult]]) -> str:
+    """sha256 over token ids and logprob bit patterns, in block and prompt order (§4.6)."""
+    digest = hashlib.sha256()
+    for concurrency, block, result in blocks:
+        for measured in result.measured:
+            response = measured.response
+            if response is None:
+                continue
+            digest.update(struct.pack("<3I", concurrency, block, measured.index))
+            digest.update(struct.pack(f"<{len(response.token_ids)}I", *response.token_ids))
+            digest.update(struct.pack(f"<{len(response.logprobs)}d", *response.logprobs))
+    return digest.hexdigest()
+
+
+def _record(launch: Launch, concurrency: int, block: int, measured: Measured) -> TraceRecord:
+    response = measured.response
+    return TraceRecord(
+        launch=launch.index,
+        contestant=launch.contestant,
+        concurrency=concurrency,
+        block=block,
+        prompt=measured.index,
+        sent_ns=measured.sent_ns,
+        token_ns=response.token_ns if response else (),
+        token_ids=response.token_ids if response else (),
+        finish_reason=response.finish_reason if response else None,
+        error=f"{measured.reason}: {measured.detail}" if measured.reason else None,
+    )
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:60]

@@ -1,0 +1,582 @@
+"""A toy OpenAI-compatible chat server that keeps the miner contract (DESIGN.md §4.2).
+
+It stands in for a contestant image in tests and the demo: a small deterministic language model
+with real log-softmax probabilities (peaked, not uniform), streamed exactly as the contract asks,
+with knobs for speed (time to first token, time per token, tokens per event, batch size) and for
+misbehaviour (a `Fault`), so the agent can be tested against honest, fast, slow and hostile
+servers alike. The correctness gate reuses the model: `ToyLM` is the reference it scores against.
+
+Only the standard library is used, so the image needs nothing but a Python interpreter:
+`python3 toy_server.py --knobs '{"speed": {"token_s": 0.01}}'`. It reads `PORT` and
+`SERVED_MODEL_NAME` like any contestant and stops at once on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import socket
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+EOS = 0
+"""The end-of-sequence token id; `finish_reason` is `stop` when the model picks it."""
+TOP_LOGPROBS = 5
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How fast the server is. Times are in seconds, on the server's own clock."""
+
+    ttft_s: float = 0.05
+    """From the request's arrival to its first token event (prefill)."""
+    token_s: float = 0.02
+    """Decode time per token; an event of n tokens follows the previous one after n * token_s."""
+    tokens_per_event: int = 1
+    """Tokens carried by one streamed event (speculative decoding sends several)."""
+    max_batch: int = 256
+    """Sequences decoded at once; later requests wait for a slot, as on a real engine."""
+    startup_s: float = 0.0
+    """Time after start before /health answers 200."""
+
+
+class Fault(StrEnum):
+    """A way to break the contract; NONE serves honestly."""
+
+    NONE = "none"
+    HANG = "hang"  # never answers a chat request
+    SLOW_DRIP = "slow_drip"  # answers headers, then a comment line every 0.2 s forever
+    MALFORMED_SSE = "malformed_sse"  # a few tokens, then an event that is not JSON
+    INFINITE_STREAM = "infinite_stream"  # ignores max_tokens and never finishes
+    WRONG_MODEL = "wrong_model"  # streams under another model name
+    MISSING_TOKEN_IDS = "missing_token_ids"  # noqa: S105 tokens as text, not `token_id:<id>`
+    HUGE_CHUNK = "huge_chunk"  # one 32 MiB event
+    CONNECTION_RESET = "connection_reset"  # resets the connection mid-stream
+    FAKE_TTFT = "fake_ttft"  # empty role/content events at once, tokens at the real pace
+    CRASH = "crash"  # exits on the first chat request
+    NEVER_HEALTHY = "never_healthy"  # /health answers 503 forever
+    OOM = "oom"  # allocates memory without bound on the first chat request
+
+
+class Cheat(StrEnum):
+    """A way to game the correctness gate while keeping the stream's shape (DESIGN.md §4.4);
+    `Knobs.cheat_scale` sets the strength where one applies."""
+
+    NONE = "none"
+    FABRICATED_LOGPROBS = "fabricated_logprobs"  # greedy tokens, every logprob reported as 0
+    EARLY_EOS = "early_eos"  # EOS after 3 tokens, wherever the model stands
+    SKIPPED_EOS = "skipped_eos"  # the runner-up token wherever the model would stop
+    GARBAGE = "garbage"  # after 4 honest tokens, the least likely token at every step
+    SMALLER_MODEL = "smaller_model"  # flatter logits, as a distilled model: scale 0.6
+    REPLAY = "replay"  # the first answer replayed for every later prompt
+    SAMPLING = "sampling"  # ignores temperature 0: samples at 0.7, top_p 0.8 (Qwen's defaults)
+    LOGIT_NOISE = "logit_noise"  # a fixed gaussian perturbation of the logits, sd = scale
+
+
+@dataclass(frozen=True)
+class Knobs:
+    speed: Speed = field(default_factory=Speed)
+    fault: Fault = Fault.NONE
+    model_seed: int = 0
+    vocab_size: int = 512
+    cheat: Cheat = Cheat.NONE
+    cheat_scale: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Knobs:
+        raw = json.loads(text) if text else {}
+        return cls(
+            speed=Speed(**raw.get("speed", {})),
+            fault=Fault(raw.get("fault", Fault.NONE)),
+            model_seed=int(raw.get("model_seed", 0)),
+            vocab_size=int(raw.get("vocab_size", 512)),
+            cheat=Cheat(raw.get("cheat", Cheat.NONE)),
+            cheat_scale=float(raw.get("cheat_scale", 0.0)),
+        )
+
+
+# --- the language model --------------------------------------------------------------------------
+
+_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "vi", "so", "pe", "du", "ga", "ri", "zo", "be")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """The model's next-token distribution at one position."""
+
+    top: tuple[tuple[int, float], ...]
+    """The TOP_LOGPROBS most likely (token id, logprob), most likely first."""
+    logprobs: tuple[float, ...]
+    """Log-softmax over the whole vocabulary."""
+
+
+class ToyLM:
+    """A second-order model: the logits at a position are A[x-1] + B[x-2].
+
+    A gives every token a strongly preferred successor, so the distribution is peaked (the argmax
+    usually holds most of the mass) and greedy text is varied rather than cyclic after a few
+    tokens; B adds a weaker dependence on the token before. EOS leads in about 1% of contexts.
+    """
+
+    def __init__(self, seed: int = 0, vocab_size: int = 512) -> None:
+        rng = random.Random(seed)  # noqa: S311 (a reproducible model, not a secret)
+        self.vocab_size = vocab_size
+        self.words = ("<eos>", *(self._word(i, rng) for i in range(1, vocab_size)))
+        self._ids = {word: i for i, word in enumerate(self.words)}
+        self._a = [[rng.gauss(0.0, 1.5) for _ in range(vocab_size)] for _ in range(vocab_size)]
+        self._b = [[rng.gauss(0.0, 0.7) for _ in range(vocab_size)] for _ in range(vocab_size)]
+        for row in self._a:
+            row[rng.randrange(1, vocab_size)] += 7.0
+            row[EOS] -= 3.0
+        for row in rng.sample(self._b, max(1, vocab_size // 100)):
+            row[EOS] += 14.0
+
+    @staticmethod
+    def _word(i: int, rng: random.Random) -> str:
+        return "".join(rng.choice(_SYLLABLES) for _ in range(1 + i % 3)) + str(i % 7)
+
+    def tokenize(self, text: str) -> list[int]:
+        """Known words map to their ids; any other word to a stable hash of it."""
+        out = []
+        for word in text.split():
+            known = self._ids.get(word)
+            if known is None:
+                digest = hashlib.sha256(word.encode()).digest()
+                known = 1 + int.from_bytes(digest[:4], "big") % (self.vocab_size - 1)
+            out.append(known)
+        return out
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The chat template: every message's words, then two tokens that digest all of them.
+
+        The digest tokens make the continuation depend on the whole prompt, not only on its last
+        two words, while keeping the model a function of the token sequence alone.
+        """
+        ids = [
+            token
+            for message in messages
+            for token in self.tokenize(f"{message.get('role', '')} {message.get('content', '')}")
+        ]
+        digest = hashlib.sha256(struct.pack(f"<{len(ids)}I", *ids)).digest()
+        tail = [
+            1 + int.from_bytes(digest[i : i + 4], "big") % (self.vocab_size - 1) for i in (0, 4)
+        ]
+        return ids + tail
+
+    def detokenize(self, ids: list[int]) -> str:
+        return "".join(" " + self.words[i] for i in ids)
+
+    @functools.lru_cache(maxsize=1 << 16)  # noqa: B019 (one model per process, lives as long)
+    def next(self, prev2: int, prev1: int) -> Distribution:
+        a, b = self._a[prev1], self._b[prev2]
+        logits = [x + y for x, y in zip(a, b, strict=True)]
+        peak = max(logits)
+        log_z = peak + math.log(math.fsum(math.exp(x - peak) for x in logits))
+        logprobs = tuple(x - log_z for x in logits)
+        order = sorted(range(self.vocab_size), key=logprobs.__getitem__, reverse=True)
+        return Distribution(tuple((i, logprobs[i]) for i in order[:TOP_LOGPROBS]), logprobs)
+
+    def greedy(self, prompt: list[int], max_tokens: int) -> Iterator[Distribution]:
+        """The distributions of the greedy continuation; its tokens are their argmaxes."""
+        prev2, prev1 = ([EOS, EOS, *prompt])[-2:]
+        for _ in range(max_tokens):
+            dist = self.next(prev2, prev1)
+            yield dist
+            if dist.top[0][0] == EOS:
+                return
+            prev2, prev1 = prev1, dist.top[0][0]
+
+
+def _top_of(logprobs: Sequence[float], k: int) -> tuple[tuple[int, float], ...]:
+    order = sorted(range(len(logprobs)), key=logprobs.__getitem__, reverse=True)
+    return tuple((i, logprobs[i]) for i in order[:k])
+
+
+def _log_softmax(logits: Sequence[float]) -> tuple[float, ...]:
+    peak = max(logits)
+    log_z = peak + math.log(math.fsum(math.exp(x - peak) for x in logits))
+    return tuple(x - log_z for x in logits)
+
+
+class Decoder:
+    """The server's decoding: ToyLM's greedy continuation, or a cheat on it (`Cheat`).
+
+    Each step yields the Distribution the stream reports: its first entry is the token sent and
+    the logprob claimed for it, the other four the reported runners-up.
+    """
+
+    def __init__(self, lm: ToyLM, cheat: Cheat, scale: float, seed: int) -> None:
+        self.lm, self.cheat, self.scale, self.seed = lm, cheat, scale, seed
+        self.replayed: list[Distribution] | None = None
+
+    def continuation(self, prompt: list[int], max_tokens: int) -> Iterator[Distribution]:
+        if self.cheat is Cheat.NONE:
+            return self.lm.greedy(prompt, max_tokens)
+        if self.cheat is Cheat.REPLAY and self.replayed is not None:
+            return iter(self.replayed[:max_tokens])
+        if self.cheat is Cheat.REPLAY:  # one long answer, cut to each later request's max_tokens
+            self.replayed = list(self._steps(prompt, 4096))
+            return iter(self.replayed[:max_tokens])
+        return self._steps(prompt, max_tokens)
+
+    def _steps(self, prompt: list[int], max_tokens: int) -> Iterator[Distribution]:
+        rng = random.Random(f"{self.seed}/{prompt}")  # noqa: S311 (a reproducible cheat)
+        prev2, prev1 = ([EOS, EOS, *prompt])[-2:]
+        for position in range(max_tokens):
+            logprobs = self._reported(self.lm.next(prev2, prev1).logprobs, prev2, prev1)
+            top = _top_of(logprobs, TOP_LOGPROBS + 1)
+            token = self._choose(position, logprobs, top, rng)
+            claimed = 0.0 if self.cheat is Cheat.FABRICATED_LOGPROBS else logprobs[token]
+            others = [pair for pair in top if pair[0] != token][: TOP_LOGPROBS - 1]
+            yield Distribution(((token, claimed), *others), logprobs)
+            if token == EOS:
+                return
+            prev2, prev1 = prev1, token
+
+    def _reported(self, logprobs: tuple[float, ...], prev2: int, prev1: int) -> tuple[float, ...]:
+        if self.cheat is Cheat.SMALLER_MODEL:
+            return _log_softmax([x * 0.6 for x in logprobs])
+        if self.cheat is Cheat.LOGIT_NOISE:
+            noise = random.Random(f"{self.seed}/{prev2}/{prev1}")  # noqa: S311 (fixed per context)
+            return _log_softmax([x + noise.gauss(0.0, self.scale) for x in logprobs])
+        return logprobs
+
+    def _choose(
+        self,
+        position: int,
+        logprobs: Sequence[float],
+        top: tuple[tuple[int, float], ...],
+        rng: random.Random,
+    ) -> int:
+        best = top[0][0]
+        if self.cheat is Cheat.EARLY_EOS and position == 3:
+            return EOS
+        if self.cheat is Cheat.SKIPPED_EOS and best == EOS:
+            return top[1][0]
+        if self.cheat is Cheat.GARBAGE and position >= 4:
+            return min(range(len(logprobs)), key=logprobs.__getitem__)
+        if self.cheat is Cheat.SAMPLING:
+            ranked = sorted(range(len(logprobs)), key=logprobs.__getitem__, reverse=True)
+            weights = [math.exp(logprobs[i] / 0.7) for i in ranked]
+            total, mass, nucleus = sum(weights), 0.0, 0
+            while mass < 0.8 * total:
+                mass += weights[nucleus]
+                nucleus += 1
+            return rng.choices(ranked[:nucleus], weights[:nucleus])[0]
+        return best
+
+
+def baseline_answer(lm: ToyLM, path: str, body: dict[str, Any], model: str) -> dict[str, Any]:
+    """vLLM's answers to /tokenize, /detokenize and a teacher-forcing /v1/completions
+    (`prompt` as ids, `prompt_logprobs`, `logprobs`, `return_tokens_as_token_ids`), so a toy
+    can act as the baseline that scores contestants."""
+    if path == "/tokenize":
+        tokens = lm.chat_prompt(body["messages"])
+        return {"count": len(tokens), "max_model_len": 1 << 20, "tokens": tokens}
+    if path == "/detokenize":
+        return {"prompt": lm.detokenize(body["tokens"])}
+    ids, k = [int(t) for t in body["prompt"]], int(body.get("prompt_logprobs") or 0)
+    history = [EOS, EOS, *ids]
+    prompt_logprobs: list[dict[str, Any] | None] = [None]
+    for i in range(1, len(ids)):
+        logprobs = lm.next(history[i], history[i + 1]).logprobs
+        entry = {}
+        for token in [t for t, _ in _top_of(logprobs, k)] + [ids[i]]:
+            rank = 1 + sum(1 for x in logprobs if x > logprobs[token])
+            entry[str(token)] = {"logprob": logprobs[token], "rank": rank, "decoded_token": ""}
+        prompt_logprobs.append(entry)
+    after = _top_of(lm.next(history[-2], history[-1]).logprobs, int(body.get("logprobs") or 1))
+    choice = {
+        "index": 0,
+        "text": lm.detokenize([after[0][0]]),
+        "logprobs": {
+            "text_offset": [0],
+            "token_logprobs": [after[0][1]],
+            "tokens": [f"token_id:{after[0][0]}"],
+            "top_logprobs": [{f"token_id:{t}": lp for t, lp in after}],
+        },
+        "finish_reason": "length",
+        "prompt_logprobs": prompt_logprobs,
+    }
+    return {"id": "cmpl-toy", "object": "text_completion", "model": model, "choices": [choice]}
+
+
+# --- the HTTP server -----------------------------------------------------------------------------
+
+
+_BASELINE_PATHS = frozenset({"/tokenize", "/detokenize", "/v1/completions"})
+
+
+class _BadRequest(Exception):
+    pass
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    body: bytes
+    keep_alive: bool
+
+
+async def _read_request(reader: asyncio.StreamReader) -> _Request | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, version = lines[0].split(" ", 2)
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:] if line)
+    }
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    keep_alive = headers.get("connection", "").lower() != "close" and version == "HTTP/1.1"
+    return _Request(method, path, body, keep_alive)
+
+
+class ToyServer:
+    def __init__(self, knobs: Knobs, served_model_name: str) -> None:
+        self.knobs = knobs
+        self.model_name = served_model_name
+        self.lm = ToyLM(knobs.model_seed, knobs.vocab_size)
+        self.decoder = Decoder(self.lm, knobs.cheat, knobs.cheat_scale, knobs.model_seed)
+        self.started = time.monotonic()
+        self.slots = asyncio.Semaphore(knobs.speed.max_batch)
+        self.counter = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while (request := await _read_request(reader)) is not None:
+                await self._route(request, writer)
+                if not request.keep_alive:
+                    break
+        with contextlib.suppress(ConnectionError):
+            writer.close()
+
+    async def _route(self, request: _Request, writer: asyncio.StreamWriter) -> None:
+        if request.method == "GET" and request.path == "/health":
+            ready = time.monotonic() - self.started >= self.knobs.speed.startup_s
+            healthy = ready and self.knobs.fault is not Fault.NEVER_HEALTHY
+            await _send_json(writer, 200 if healthy else 503, {"ok": healthy})
+        elif request.method == "POST" and request.path in _BASELINE_PATHS:
+            try:
+                answer = baseline_answer(
+                    self.lm, request.path, json.loads(request.body), self.model_name
+                )
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                answer = {"error": {"message": repr(exc)}}
+            await _send_json(writer, 400 if "error" in answer else 200, answer)
+        elif request.method == "POST" and request.path == "/v1/chat/completions":
+            try:
+                await self._chat(json.loads(request.body), writer)
+            except (_BadRequest, ValueError, KeyError, TypeError) as exc:
+                await _send_json(writer, 400, {"error": {"message": str(exc)}})
+        else:
+            await _send_json(writer, 404, {"error": {"message": "not found"}})
+
+    async def _chat(self, body: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        arrived = time.monotonic()
+        if body.get("model") != self.model_name:
+            raise _BadRequest(f"the model `{body.get('model')}` does not exist")
+        if not body.get("stream"):
+            raise _BadRequest("only stream=true is served")
+        fault = self.knobs.fault
+        if fault is Fault.CRASH:
+            os._exit(3)
+        if fault is Fault.OOM:
+            hog = [bytearray(64 << 20) for _ in range(1 << 20)]
+            raise _BadRequest(str(len(hog)))
+        if fault is Fault.HANG:
+            await asyncio.Event().wait()
+        max_tokens = int(body.get("max_tokens") or 16)
+        prompt = self.lm.chat_prompt(body["messages"])
+        self.counter += 1
+        stream = _Stream(writer, f"chatcmpl-{self.counter}", self._model_in_reply())
+        await stream.start()
+        if fault is Fault.SLOW_DRIP:
+            while True:
+                await stream.raw(b": still thinking\n\n")
+                await asyncio.sleep(0.2)
+        if fault is Fault.FAKE_TTFT:
+            await stream.event({"role": "assistant", "content": ""})
+            for _ in range(3):
+                await stream.event({"content": ""})
+        async with self.slots:
+            await self._decode(stream, prompt, max_tokens, arrived)
+        await stream.finish()
+
+    def _model_in_reply(self) -> str:
+        return (
+            f"not-{self.model_name}" if self.knobs.fault is Fault.WRONG_MODEL else self.model_name
+        )
+
+    async def _decode(
+        self, stream: _Stream, prompt: list[int], max_tokens: int, arrived: float
+    ) -> None:
+        speed, fault = self.knobs.speed, self.knobs.fault
+        limit = 1 << 30 if fault is Fault.INFINITE_STREAM else max_tokens
+        dists = _grouped(self.decoder.continuation(prompt, limit), speed.tokens_per_event)
+        due = arrived + speed.ttft_s
+        if fault is not Fault.FAKE_TTFT:
+            await _sleep_until(due)
+            await stream.event({"role": "assistant", "content": ""})
+        start = 0
+        for group, last in dists:
+            await _sleep_until(due)
+            due += speed.token_s * len(group)
+            if fault is Fault.MALFORMED_SSE and start >= 3:
+                await stream.raw(b'data: {"choices": [{"delta": \n\n')
+                return
+            if fault is Fault.CONNECTION_RESET and start >= 3:
+                stream.reset()
+                return
+            if fault is Fault.HUGE_CHUNK and start >= 2:
+                await stream.event({"content": "x" * (32 << 20)})
+            finish = ("stop" if group[-1].top[0][0] == EOS else "length") if last else None
+            await stream.tokens(
+                self.lm, group, finish, with_ids=fault is not Fault.MISSING_TOKEN_IDS
+            )
+            start += len(group)
+
+
+def _grouped(dists: Iterator[Distribution], size: int) -> Iterator[tuple[list[Distribution], bool]]:
+    """Groups of `size` distributions, each with whether it is the last group."""
+    group: list[Distribution] = []
+    for dist in dists:
+        if len(group) == size:
+            yield group, False
+            group = []
+        group.append(dist)
+    if group:
+        yield group, True
+
+
+async def _sleep_until(due: float) -> None:
+    delay = due - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+
+
+class _Stream:
+    """One chunked `text/event-stream` response in the shape vLLM streams chat chunks."""
+
+    def __init__(self, writer: asyncio.StreamWriter, ident: str, model: str) -> None:
+        self.writer = writer
+        self.ident = ident
+        self.model = model
+        self.created = int(time.time())
+        self.completion_tokens = 0
+
+    async def start(self) -> None:
+        self.writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        await self.writer.drain()
+
+    async def raw(self, data: bytes) -> None:
+        self.writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+        await self.writer.drain()
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        body = {
+            "id": self.ident,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
+        return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+    async def event(self, delta: dict[str, Any]) -> None:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        await self.raw(self._chunk([choice]))
+
+    async def tokens(
+        self, lm: ToyLM, group: list[Distribution], finish: str | None, *, with_ids: bool
+    ) -> None:
+        def name(token: int) -> str:
+            return f"token_id:{token}" if with_ids else lm.words[token]
+
+        content = []
+        for dist in group:
+            token, logprob = dist.top[0]
+            top = [{"token": name(t), "logprob": lp} for t, lp in dist.top]
+            content.append({"token": name(token), "logprob": logprob, "top_logprobs": top})
+        text = lm.detokenize([d.top[0][0] for d in group if d.top[0][0] != EOS])
+        choice = {
+            "index": 0,
+            "delta": {"content": text},
+            "logprobs": {"content": content},
+            "finish_reason": finish,
+        }
+        self.completion_tokens += len(group)
+        await self.raw(self._chunk([choice]))
+
+    async def finish(self) -> None:
+        usage = {"prompt_tokens": 0, "completion_tokens": self.completion_tokens}
+        await self.raw(self._chunk([], usage=usage))
+        await self.raw(b"data: [DONE]\n\n")
+        self.writer.write(b"0\r\n\r\n")
+        await self.writer.drain()
+
+    def reset(self) -> None:
+        """Close with RST instead of FIN, as a crashed peer or a middlebox does."""
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.writer.transport.abort()
+
+
+async def _send_json(writer: asyncio.StreamWriter, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}[status]
+    writer.write(
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    await writer.drain()
+
+
+async def serve(knobs: Knobs, host: str, port: int, served_model_name: str) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    server_state = ToyServer(knobs, served_model_name)
+    server = await asyncio.start_server(server_state.handle, host, port, backlog=1024)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--knobs", default=os.environ.get("TOY_KNOBS", ""), help="Knobs as JSON")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    args = parser.parse_args(argv)
+    model = os.environ.get("SERVED_MODEL_NAME", "toy")
+    asyncio.run(serve(Knobs.from_json(args.knobs), args.host, args.port, model))
+
+
+if __name__ == "__main__":
+    main()
