@@ -142,6 +142,15 @@ class Contestant(_Model):
     image: str  # canonical `<registry>/<repository>@sha256:<hex>`
 
 
+class PromptDataset(_Model):
+    """An operator's prompt file on the pod (JSON lines of `{"messages": [...]}`), pinned by hash;
+    `share` of the prompts come from it, the rest from the built-in generator."""
+
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    share: float = Field(default=0.5, ge=0, le=1)
+
+
 class Workload(_Model):
     concurrencies: tuple[int, ...] = (1, 16, 64)
     prompts_per_block: int = Field(default=64, ge=1)
@@ -149,6 +158,9 @@ class Workload(_Model):
     warmup_requests: int = Field(default=8, ge=0)
     max_tokens: int = Field(default=256, ge=1)
     generator_version: int = 1
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    """A request not finished this long after its bytes were sent fails the launch."""
+    dataset: PromptDataset | None = None
 
 
 class GateThresholds(_Model):
