@@ -29,6 +29,7 @@ import httpx
 from cacheon import __version__
 from cacheon.agent import uploads
 from cacheon.agent.probe import run_probe
+from cacheon.agent.round import run_round
 from cacheon.log import get_logger
 from cacheon.protocol import (
     REPORT_OBJECT,
@@ -110,8 +111,8 @@ class JobContext:
 
 JobKindRunner = Callable[[JobSpec, JobContext], Awaitable[RoundReport]]
 
-JOB_KINDS: dict[JobKind, JobKindRunner] = {JobKind.PROBE: run_probe}
-"""The kinds this agent runs. The benchmark round registers `JobKind.ROUND` here."""
+JOB_KINDS: dict[JobKind, JobKindRunner] = {JobKind.PROBE: run_probe, JobKind.ROUND: run_round}
+"""The kinds this agent runs."""
 
 
 def read_key(stream: object = None) -> bytes:
