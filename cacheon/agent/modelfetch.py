@@ -158,8 +158,8 @@ async def fetch_model(plan: FetchPlan, emit: Callable[[ProgressEvent], None]) ->
             async with asyncio.TaskGroup() as group:
                 for file in todo:
                     group.create_task(one(file))
-        except* FetchError as failed:
-            raise failed.exceptions[0] from None
+        except ExceptionGroup as group:
+            raise group.exceptions[0] from None
     progress.report("all files verified")
     return FetchResult(
         fetched=len(todo),

@@ -21,7 +21,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from cacheon.log import get_logger
 from cacheon.protocol import JobSpec, JobStatus, ProgressEvent, UploadSlot
 from cacheon.remote.bootstrap import AgentInstall
-from cacheon.remote.ssh import SshDisconnected, SshError, SshSession, SshUnreachable
+from cacheon.remote.ssh import SshDisconnected, SshSession, SshUnreachable
 
 COMMAND_DEADLINE_S = 60.0
 STATUS_MAX_BYTES = 64 * 1024
@@ -171,11 +171,12 @@ async def drive_job(
                 await follow
                 keeper.cancel()
             break
-        except* SshDisconnected:
+        except ExceptionGroup as group:
+            _, other = group.split(SshDisconnected)
+            if other is not None:
+                await session.close()
+                raise other.exceptions[0] from None
             log.warning("connection to the pod dropped; reattaching", round_id=job.round_id)
-        except* SshError as failed:
-            await session.close()
-            raise failed.exceptions[0] from None
         await session.close()
         session = await _reconnect(connect, reconnect_within_s)
         outcome.reattached += 1

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import shutil
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from cacheon.config import S3Settings
+from cacheon.protocol import JobKind, JobSpec, UploadSlot
 from cacheon.remote.bootstrap import AgentInstall, install_agent
 from cacheon.remote.ssh import SshOptions, SshTarget, connect
 from cacheon.store.db import Database
@@ -135,3 +138,64 @@ def store(s3_settings: S3Settings) -> ObjectStore:
 def db(tmp_path: Path) -> Iterator[Database]:
     with Database.open(tmp_path / "state.db") as database:
         yield database
+
+
+class HubServer:
+    """Serves files at `/<repo>/resolve/<revision>/<path>` on loopback and counts the GETs."""
+
+    def __init__(self, repo: str, revision: str, files: dict[str, bytes]) -> None:
+        routes = {f"/{repo}/resolve/{revision}/{path}": body for path, body in files.items()}
+        self.gets: list[str] = []
+        gets = self.gets
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                gets.append(self.path)
+                body = routes.get(self.path)
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Length", str(len(body or b"")))
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> HubServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.fixture
+def hub_server() -> type[HubServer]:
+    """The hub-like file server class; open it with `with hub_server(repo, rev, files)`."""
+    return HubServer
+
+
+def probe_spec(round_id: str, slots: tuple[UploadSlot, ...], seconds: float) -> JobSpec:
+    return JobSpec(
+        kind=JobKind.PROBE,
+        round_id=round_id,
+        seed="00" * 32,
+        served_model_name="tiny",
+        model_path="/nonexistent",
+        max_model_len=128,
+        contestants=(),
+        launch_order=(),
+        uploads=slots,
+        probe_seconds=seconds,
+        round_deadline_s=120,
+    )
+
+
+@pytest.fixture
+def probe_job() -> Callable[[str, tuple[UploadSlot, ...], float], JobSpec]:
+    """Makes a probe JobSpec: (round id, upload slots, seconds to sample)."""
+    return probe_spec

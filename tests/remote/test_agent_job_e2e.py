@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cacheon.protocol import JobKind, JobSpec, Phase, ProgressEvent, UploadSlot
+from cacheon.protocol import JobKind, Phase, ProgressEvent
 from cacheon.remote.bootstrap import AgentInstall
 from cacheon.remote.handoff import VerifiedReport, fetch_report, issue_round_key
 from cacheon.remote.jobs import drive_job
@@ -18,22 +18,6 @@ from cacheon.remote.ssh import SshOptions, SshTarget, connect
 from cacheon.store.db import Database
 from cacheon.store.objects import ObjectStore
 from cacheon.testing.services import LOOPBACK, SeaweedS3, Sshd
-
-
-def probe_spec(round_id: str, slots: tuple[UploadSlot, ...], seconds: float) -> JobSpec:
-    return JobSpec(
-        kind=JobKind.PROBE,
-        round_id=round_id,
-        seed="00" * 32,
-        served_model_name="tiny",
-        model_path="/nonexistent",
-        max_model_len=128,
-        contestants=(),
-        launch_order=(),
-        uploads=slots,
-        probe_seconds=seconds,
-        round_deadline_s=120,
-    )
 
 
 def test_probe_job_survives_a_cut_connection_and_its_report_verifies(
@@ -45,10 +29,11 @@ def test_probe_job_survives_a_cut_connection_and_its_report_verifies(
     store: ObjectStore,
     db: Database,
     cut_proxy: Any,
+    probe_job: Any,
 ) -> None:
     round_id = f"r-{uuid.uuid4().hex[:8]}"
     key = issue_round_key(db, round_id)
-    spec = probe_spec(round_id, store.upload_slots(round_id, traces=2), seconds=4)
+    spec = probe_job(round_id, store.upload_slots(round_id, traces=2), seconds=4)
     seen: list[ProgressEvent] = []
     leaks: list[str] = []
 
