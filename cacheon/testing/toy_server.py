@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import heapq
 import json
 import math
 import os
@@ -78,10 +79,10 @@ class Cheat(StrEnum):
     FABRICATED_LOGPROBS = "fabricated_logprobs"  # greedy tokens, every logprob reported as 0
     EARLY_EOS = "early_eos"  # EOS after 3 tokens, wherever the model stands
     SKIPPED_EOS = "skipped_eos"  # the runner-up token wherever the model would stop
-    GARBAGE = "garbage"  # after 4 honest tokens, the least likely token at every step
+    GARBAGE = "garbage"  # after 4 honest tokens, the least likely non-EOS token at every step
     SMALLER_MODEL = "smaller_model"  # flatter logits, as a distilled model: scale 0.6
     REPLAY = "replay"  # the first answer replayed for every later prompt
-    SAMPLING = "sampling"  # ignores temperature 0: samples at 0.7, top_p 0.8 (Qwen's defaults)
+    SAMPLING = "sampling"  # ignores temperature 0: samples at temperature = scale, top_p 0.8
     LOGIT_NOISE = "logit_noise"  # a fixed gaussian perturbation of the logits, sd = scale
 
 
@@ -203,8 +204,9 @@ class ToyLM:
 
 
 def _top_of(logprobs: Sequence[float], k: int) -> tuple[tuple[int, float], ...]:
-    order = sorted(range(len(logprobs)), key=logprobs.__getitem__, reverse=True)
-    return tuple((i, logprobs[i]) for i in order[:k])
+    return tuple(
+        (i, logprobs[i]) for i in heapq.nlargest(k, range(len(logprobs)), logprobs.__getitem__)
+    )
 
 
 def _log_softmax(logits: Sequence[float]) -> tuple[float, ...]:
@@ -269,10 +271,10 @@ class Decoder:
         if self.cheat is Cheat.SKIPPED_EOS and best == EOS:
             return top[1][0]
         if self.cheat is Cheat.GARBAGE and position >= 4:
-            return min(range(len(logprobs)), key=logprobs.__getitem__)
+            return min(range(1, len(logprobs)), key=logprobs.__getitem__)  # never EOS
         if self.cheat is Cheat.SAMPLING:
             ranked = sorted(range(len(logprobs)), key=logprobs.__getitem__, reverse=True)
-            weights = [math.exp(logprobs[i] / 0.7) for i in ranked]
+            weights = [math.exp(logprobs[i] / self.scale) for i in ranked]
             total, mass, nucleus = sum(weights), 0.0, 0
             while mass < 0.8 * total:
                 mass += weights[nucleus]
@@ -295,10 +297,13 @@ def baseline_answer(lm: ToyLM, path: str, body: dict[str, Any], model: str) -> d
     prompt_logprobs: list[dict[str, Any] | None] = [None]
     for i in range(1, len(ids)):
         logprobs = lm.next(history[i], history[i + 1]).logprobs
-        entry = {}
-        for token in [t for t, _ in _top_of(logprobs, k)] + [ids[i]]:
-            rank = 1 + sum(1 for x in logprobs if x > logprobs[token])
-            entry[str(token)] = {"logprob": logprobs[token], "rank": rank, "decoded_token": ""}
+        entry = {
+            str(t): {"logprob": lp, "rank": rank, "decoded_token": ""}
+            for rank, (t, lp) in enumerate(_top_of(logprobs, k), start=1)
+        }
+        if str(ids[i]) not in entry:
+            rank = 1 + sum(1 for x in logprobs if x > logprobs[ids[i]])
+            entry[str(ids[i])] = {"logprob": logprobs[ids[i]], "rank": rank, "decoded_token": ""}
         prompt_logprobs.append(entry)
     after = _top_of(lm.next(history[-2], history[-1]).logprobs, int(body.get("logprobs") or 1))
     choice = {
