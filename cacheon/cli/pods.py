@@ -18,9 +18,10 @@ from rich.table import Table
 
 from cacheon.cli.common import EXIT_FAILED, EXIT_USAGE, add_settings_arguments, load_or_exit
 from cacheon.config import Settings
+from cacheon.log import configure_logging
 from cacheon.pods.base import PodError, Provider
 from cacheon.pods.keys import init_key
-from cacheon.pods.ledger import Lease, LeaseLedger, LeaseState
+from cacheon.pods.ledger import LeaseLedger, LeaseState
 from cacheon.pods.providers import PodConfigError, build_providers
 from cacheon.pods.sweep import sweep, terminate_lease
 from cacheon.store.db import Database, DatabaseError
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int | None:
         return _keys_init(load_or_exit(args).settings)
     if args.command == "pods" and args.pods_command in ("list", "sweep", "terminate"):
         settings = load_or_exit(args).settings
+        configure_logging(settings.log.format or "console", settings.log.level)
         state = Path(settings.validator.state_dir).expanduser() / "state.db"
         try:
             db = Database.open(state)
@@ -71,7 +73,6 @@ def _keys_init(settings: Settings) -> int:
 
 
 async def _pods(settings: Settings, db: Database, command: str, pod_id: str) -> int:
-    console = Console()
     try:
         providers = build_providers(settings.pods, db)
     except PodConfigError as exc:
@@ -81,17 +82,16 @@ async def _pods(settings: Settings, db: Database, command: str, pod_id: str) -> 
         ledger = LeaseLedger(db)
         prefix = ledger.pod_prefix(settings.pods.name_prefix)
         if command == "list":
-            return await _list(console, providers, ledger, prefix)
+            return await _list(providers, ledger, prefix)
         if command == "sweep":
-            return await _sweep(console, providers, ledger, prefix, settings.pods.keep_on_restart)
-        return await _terminate(console, providers, ledger, prefix, pod_id)
+            return await _sweep(providers, ledger, prefix, settings.pods.keep_on_restart)
+        return await _terminate(providers, ledger, prefix, pod_id)
     finally:
         for provider in providers:
             await provider.aclose()
 
 
 async def _sweep(
-    console: Console,
     providers: Sequence[Provider],
     ledger: LeaseLedger,
     prefix: str,
@@ -102,19 +102,17 @@ async def _sweep(
         startup=False, keep_on_restart=keep_on_restart,
     )  # fmt: skip
     for ended in report.terminated:
-        console.print(f"terminated {ended.provider} {ended.pod_id}: {ended.reason}", markup=False)
+        print(f"terminated {ended.provider} {ended.pod_id}: {ended.reason}")
     for ended in report.closed:
-        console.print(f"closed lease {ended.name}: {ended.reason}", markup=False)
+        print(f"closed lease {ended.name}: {ended.reason}")
     for error in report.errors:
-        console.print(f"error: {error}", markup=False)
+        print(f"error: {error}", file=sys.stderr)
     if not (report.terminated or report.closed or report.errors):
-        console.print("nothing to sweep")
+        print("nothing to sweep")
     return EXIT_FAILED if report.errors else 0
 
 
-async def _list(
-    console: Console, providers: Sequence[Provider], ledger: LeaseLedger, prefix: str
-) -> int:
+async def _list(providers: Sequence[Provider], ledger: LeaseLedger, prefix: str) -> int:
     table = Table(title=f"pods named {prefix}*")
     for column in ("provider", "id", "name", "age", "price/h", "state", "lease"):
         table.add_column(column)
@@ -124,7 +122,7 @@ async def _list(
         try:
             pods = await provider.list_ours(prefix)
         except PodError as exc:
-            console.print(f"error: {provider.name}: {exc}", markup=False)
+            print(f"error: {provider.name}: {exc}", file=sys.stderr)
             failed = True
             continue
         for pod in pods:
@@ -141,45 +139,41 @@ async def _list(
                 f"${pod.price_per_hour:.2f}", str(pod.state),
                 f"{lease.state}" if lease else "none (orphan)",
             )  # fmt: skip
-    console.print(table)
+    Console().print(table)
     return EXIT_FAILED if failed else 0
 
 
 async def _terminate(
-    console: Console,
     providers: Sequence[Provider],
     ledger: LeaseLedger,
     prefix: str,
     pod_id: str,
 ) -> int:
     by_name = {p.name: p for p in providers}
-    leases = [lease for lease in ledger.recent(10_000) if lease.pod_id == pod_id and lease.live]
-    lease: Lease | None = leases[0] if leases else None
-    if lease is not None and lease.provider in by_name:
+    leases = [ledger.by_pod(name, pod_id) for name in by_name]
+    lease = next((lease for lease in leases if lease is not None and lease.live), None)
+    if lease is not None:
         done = await terminate_lease(
             by_name[lease.provider], ledger, lease,
             final=LeaseState.RELEASED, reason="terminated by the operator", now=time.time(),
         )  # fmt: skip
-        console.print(
-            f"{'terminated' if done else 'could not terminate'} {pod_id} (lease {lease.name})",
-            markup=False,
-        )
+        print(f"{'terminated' if done else 'could not terminate'} {pod_id} (lease {lease.name})")
         return 0 if done else EXIT_FAILED
     for provider in providers:
         try:
             pods = await provider.list_ours(prefix)
         except PodError as exc:
-            console.print(f"error: {provider.name}: {exc}", markup=False)
+            print(f"error: {provider.name}: {exc}", file=sys.stderr)
             continue
         if any(pod.pod_id == pod_id for pod in pods):
             try:
                 await provider.terminate(pod_id)
             except PodError as exc:
-                console.print(f"error: {provider.name}: {exc}", markup=False)
+                print(f"error: {provider.name}: {exc}", file=sys.stderr)
                 return EXIT_FAILED
-            console.print(f"terminated {provider.name} {pod_id} (no lease)", markup=False)
+            print(f"terminated {provider.name} {pod_id} (no lease)")
             return 0
-    console.print(f"error: no pod {pod_id} of ours at {', '.join(by_name)}", markup=False)
+    print(f"error: no pod {pod_id} of ours at {', '.join(by_name)}", file=sys.stderr)
     return EXIT_FAILED
 
 

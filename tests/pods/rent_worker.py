@@ -20,7 +20,10 @@ async def main(config: Path) -> None:
     db = Database.open(Path(settings.validator.state_dir) / "state.db")
     providers = build_providers(settings.pods, db)
     leases = PodLeases(
-        db, providers, load_key(Path(settings.pods.ssh_key_path)), LeasePolicy.from_settings(settings)
+        db,
+        providers,
+        load_key(Path(settings.pods.ssh_key_path)),
+        LeasePolicy.from_settings(settings),
     )
     await leases.start()
     print("renting", flush=True)

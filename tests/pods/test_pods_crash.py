@@ -15,14 +15,15 @@ from cacheon.pods import LeaseState
 from cacheon.store.db import Database
 from cacheon.testing.fake_lium import FakeLium
 from cacheon.testing.fake_targon import FakeTargon
+from cacheon.testing.pod_env import PodEnv
 
 WORKER = Path(__file__).with_name("rent_worker.py")
 
 
-def _config(tmp_path: Path, key_path: Path, fake_lium: FakeLium, fake_targon: FakeTargon) -> Path:
-    config = tmp_path / "validator.toml"
+def _config(tmp: Path, key_path: Path, fake_lium: FakeLium, fake_targon: FakeTargon) -> Path:
+    config = tmp / "validator.toml"
     config.write_text(
-        f'[validator]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[validator]\nstate_dir = "{tmp / "state"}"\n'
         f'[pods]\nproviders = ["targon", "lium"]\nssh_key_path = "{key_path}"\n'
         "ready_timeout_s = 60.0\npoll_interval_s = 0.05\napi_timeout_s = 5.0\n"
         f'targon_base_url = "{fake_targon.base_url}"\ntargon_api_key = "{fake_targon.api_key}"\n'
@@ -46,11 +47,11 @@ def _kill_when(
 
 
 def test_killed_renter_leaves_nothing_after_the_next_start(
-    fake_lium: FakeLium, fake_targon: FakeTargon, settings_for, open_leases, pod_key, tmp_path: Path
+    fake_lium: FakeLium, fake_targon: FakeTargon, env: PodEnv
 ) -> None:
-    config = _config(tmp_path, pod_key.path, fake_lium, fake_targon)
+    config = _config(env.tmp, env.key.path, fake_lium, fake_targon)
     fake_targon.faults.stuck = True  # the worker waits on a provisioning Targon workload
-    log = tmp_path / "worker.log"
+    log = env.tmp / "worker.log"
     with log.open("wb") as output:
         proc = subprocess.Popen(
             [sys.executable, str(WORKER), str(config)], stdout=output, stderr=output
@@ -59,11 +60,11 @@ def test_killed_renter_leaves_nothing_after_the_next_start(
     [workload] = fake_targon.live_workloads()
     assert proc.returncode == -signal.SIGKILL
 
-    settings = settings_for(targon=fake_targon, lium=fake_lium)
+    settings = env.settings(targon=fake_targon, lium=fake_lium)
 
     async def next_start() -> None:
-        with Database.open(tmp_path / "state" / "state.db") as db:
-            async with open_leases(settings, db) as leases:
+        with Database.open(env.tmp / "state" / "state.db") as db:
+            async with env.leases(settings, db) as leases:
                 [left] = leases.ledger.live()
                 assert left.name == workload["name"]
                 report = await leases.start()

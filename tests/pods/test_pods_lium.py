@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import asyncssh
 import pytest
@@ -16,6 +15,7 @@ from cacheon.pods import (
 )
 from cacheon.store.db import Database
 from cacheon.testing.fake_lium import FakeLium
+from cacheon.testing.pod_env import PodEnv
 from cacheon.testing.services import Sshd
 
 
@@ -30,14 +30,12 @@ async def _whoami(target: SshTarget, key: PodKey) -> str:
     return str(result.stdout).strip()
 
 
-def test_rent_reach_and_terminate(
-    fake_lium: FakeLium, sshd: Sshd, settings_for, open_leases, pod_key, tmp_path: Path
-) -> None:
-    settings = settings_for(lium=fake_lium)
+def test_rent_reach_and_terminate(fake_lium: FakeLium, sshd: Sshd, env: PodEnv) -> None:
+    settings = env.settings(lium=fake_lium)
 
     async def scenario() -> None:
-        with Database.open(tmp_path / "state.db") as db:
-            async with open_leases(settings, db) as leases:
+        with Database.open(env.tmp / "state.db") as db:
+            async with env.leases(settings, db) as leases:
                 lease = await leases.acquire(expected_hours=1)
                 assert lease.state is LeaseState.READY
                 assert lease.provider == "lium"
@@ -46,7 +44,7 @@ def test_rent_reach_and_terminate(
                 assert lease.price_per_hour == pytest.approx(2.10 * 8)
                 assert lease.ssh is not None
                 assert lease.ssh.host_key == sshd.host_public_key
-                assert await _whoami(lease.ssh, pod_key) == sshd.user
+                assert await _whoami(lease.ssh, env.key) == sshd.user
                 assert [p["pod_name"] for p in fake_lium.live_pods()] == [lease.name]
                 assert await leases.release(lease)
                 closed = leases.ledger.get(lease.name)
@@ -56,18 +54,18 @@ def test_rent_reach_and_terminate(
     asyncio.run(scenario())
     assert fake_lium.live_pods() == []
     assert fake_lium.rents() == 1
-    rent_body_keys = pod_key.public_line.split()[1]
+    rent_body_keys = env.key.public_line.split()[1]
     assert rent_body_keys not in (sshd.root / "authorized_keys").read_text()
 
 
 def test_rate_limit_and_server_errors_are_retried_without_a_double_rent(
-    fake_lium: FakeLium, settings_for, open_leases, tmp_path: Path
+    fake_lium: FakeLium, env: PodEnv
 ) -> None:
-    settings = settings_for(lium=fake_lium)
+    settings = env.settings(lium=fake_lium)
 
     async def scenario() -> None:
-        with Database.open(tmp_path / "state.db") as db:
-            async with open_leases(settings, db) as leases:
+        with Database.open(env.tmp / "state.db") as db:
+            async with env.leases(settings, db) as leases:
                 fake_lium.faults.server_errors = 2  # hits GET /machines twice: retried
                 offers_before = len(fake_lium.requests)
                 provider = leases._providers["lium"]
@@ -86,15 +84,13 @@ def test_rate_limit_and_server_errors_are_retried_without_a_double_rent(
     assert len(fake_lium.pods) == 1
 
 
-def test_lost_rent_answer_finds_the_pod_by_name(
-    fake_lium: FakeLium, settings_for, open_leases, tmp_path: Path
-) -> None:
-    settings = settings_for(lium=fake_lium)
+def test_lost_rent_answer_finds_the_pod_by_name(fake_lium: FakeLium, env: PodEnv) -> None:
+    settings = env.settings(lium=fake_lium)
     fake_lium.faults.lose_create_answer = True
 
     async def scenario() -> None:
-        with Database.open(tmp_path / "state.db") as db:
-            async with open_leases(settings, db) as leases:
+        with Database.open(env.tmp / "state.db") as db:
+            async with env.leases(settings, db) as leases:
                 lease = await leases.acquire(expected_hours=1)
                 assert lease.state is LeaseState.READY
                 await leases.release(lease)
@@ -105,15 +101,13 @@ def test_lost_rent_answer_finds_the_pod_by_name(
     assert fake_lium.live_pods() == []
 
 
-def test_pod_stuck_provisioning_is_terminated(
-    fake_lium: FakeLium, settings_for, open_leases, tmp_path: Path
-) -> None:
-    settings = settings_for(lium=fake_lium, ready_timeout_s=0.5)
+def test_pod_stuck_provisioning_is_terminated(fake_lium: FakeLium, env: PodEnv) -> None:
+    settings = env.settings(lium=fake_lium, ready_timeout_s=0.5)
     fake_lium.faults.stuck = True
 
     async def scenario() -> None:
-        with Database.open(tmp_path / "state.db") as db:
-            async with open_leases(settings, db) as leases:
+        with Database.open(env.tmp / "state.db") as db:
+            async with env.leases(settings, db) as leases:
                 with pytest.raises(NoPodAvailable, match="not ready after") as caught:
                     await leases.acquire(expected_hours=1)
                 assert "lium" in str(caught.value)
@@ -126,14 +120,12 @@ def test_pod_stuck_provisioning_is_terminated(
     assert fake_lium.live_pods() == []
 
 
-def test_pod_that_dies_in_use_is_closed_and_terminated(
-    fake_lium: FakeLium, settings_for, open_leases, tmp_path: Path
-) -> None:
-    settings = settings_for(lium=fake_lium)
+def test_pod_that_dies_in_use_is_closed_and_terminated(fake_lium: FakeLium, env: PodEnv) -> None:
+    settings = env.settings(lium=fake_lium)
 
     async def scenario() -> None:
-        with Database.open(tmp_path / "state.db") as db:
-            async with open_leases(settings, db) as leases:
+        with Database.open(env.tmp / "state.db") as db:
+            async with env.leases(settings, db) as leases:
                 first = await leases.acquire(expected_hours=1)
                 assert first.pod_id is not None
                 fake_lium.kill(first.pod_id)
@@ -151,15 +143,13 @@ def test_pod_that_dies_in_use_is_closed_and_terminated(
     assert fake_lium.live_pods() == []
 
 
-def test_rejected_api_key_rents_nothing(
-    fake_lium: FakeLium, settings_for, open_leases, tmp_path: Path
-) -> None:
-    settings = settings_for(lium=fake_lium)
+def test_rejected_api_key_rents_nothing(fake_lium: FakeLium, env: PodEnv) -> None:
+    settings = env.settings(lium=fake_lium)
     fake_lium.faults.reject_key = True
 
     async def scenario() -> None:
-        with Database.open(tmp_path / "state.db") as db:
-            async with open_leases(settings, db) as leases:
+        with Database.open(env.tmp / "state.db") as db:
+            async with env.leases(settings, db) as leases:
                 with pytest.raises(NoPodAvailable, match="API key rejected"):
                     await leases.acquire(expected_hours=1)
 

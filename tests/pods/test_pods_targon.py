@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
 from cacheon.pods import LeaseState, NoPodAvailable, Offer, ProviderError, probe_ssh
 from cacheon.store.db import Database
 from cacheon.testing.fake_targon import FakeTargon
+from cacheon.testing.pod_env import PodEnv
 
 
-def test_rent_reach_through_the_gateway_and_terminate(
-    fake_targon: FakeTargon, settings_for, open_leases, pod_key, tmp_path: Path
-) -> None:
-    settings = settings_for(targon=fake_targon)
+def test_rent_reach_through_the_gateway_and_terminate(fake_targon: FakeTargon, env: PodEnv) -> None:
+    settings = env.settings(targon=fake_targon)
 
     async def scenario() -> None:
-        with Database.open(tmp_path / "state.db") as db:
-            async with open_leases(settings, db) as leases:
+        with Database.open(env.tmp / "state.db") as db:
+            async with env.leases(settings, db) as leases:
                 first = await leases.acquire(expected_hours=1)
                 assert first.provider == "targon"
                 assert first.ssh is not None
@@ -27,7 +25,7 @@ def test_rent_reach_through_the_gateway_and_terminate(
                 assert (first.ssh.host, first.ssh.port) == ("127.0.0.1", fake_targon.gateway_port)
                 assert first.price_per_hour == pytest.approx(25.20)
                 # the pinned gateway key is enforced on the next contact
-                assert await probe_ssh(first.ssh, pod_key.private, 5) == first.ssh.host_key
+                assert await probe_ssh(first.ssh, env.key.private, 5) == first.ssh.host_key
                 # a second pod: the key is registered once, the list paginates (2 per page)
                 leases.touch(first)
                 second = await leases._rent(leases._providers["targon"], _offer())
@@ -47,14 +45,14 @@ def _offer() -> Offer:
 
 
 def test_lost_create_answer_registers_no_second_workload(
-    fake_targon: FakeTargon, settings_for, open_leases, tmp_path: Path
+    fake_targon: FakeTargon, env: PodEnv
 ) -> None:
-    settings = settings_for(targon=fake_targon)
+    settings = env.settings(targon=fake_targon)
     fake_targon.faults.lose_create_answer = True
 
     async def scenario() -> None:
-        with Database.open(tmp_path / "state.db") as db:
-            async with open_leases(settings, db) as leases:
+        with Database.open(env.tmp / "state.db") as db:
+            async with env.leases(settings, db) as leases:
                 lease = await leases.acquire(expected_hours=1)
                 await leases.release(lease)
 
@@ -65,14 +63,14 @@ def test_lost_create_answer_registers_no_second_workload(
 
 
 def test_server_error_on_create_is_not_retried_blindly(
-    fake_targon: FakeTargon, settings_for, open_leases, tmp_path: Path
+    fake_targon: FakeTargon, env: PodEnv
 ) -> None:
     """A 500 on POST /workloads may or may not have registered it: look up, never re-post."""
-    settings = settings_for(targon=fake_targon)
+    settings = env.settings(targon=fake_targon)
 
     async def scenario() -> None:
-        with Database.open(tmp_path / "state.db") as db:
-            async with open_leases(settings, db) as leases:
+        with Database.open(env.tmp / "state.db") as db:
+            async with env.leases(settings, db) as leases:
                 provider = leases._providers["targon"]
                 await provider._key_uid("x-y", leases._key.public_line)  # key registered first
                 fake_targon.faults.server_errors = 1  # so the 500 hits POST /workloads
@@ -87,13 +85,13 @@ def test_server_error_on_create_is_not_retried_blindly(
 
 
 def test_stuck_and_dying_workloads_leave_nothing_running(
-    fake_targon: FakeTargon, settings_for, open_leases, tmp_path: Path
+    fake_targon: FakeTargon, env: PodEnv
 ) -> None:
-    settings = settings_for(targon=fake_targon, ready_timeout_s=0.5)
+    settings = env.settings(targon=fake_targon, ready_timeout_s=0.5)
 
     async def scenario() -> None:
-        with Database.open(tmp_path / "state.db") as db:
-            async with open_leases(settings, db) as leases:
+        with Database.open(env.tmp / "state.db") as db:
+            async with env.leases(settings, db) as leases:
                 fake_targon.faults.stuck = True
                 with pytest.raises(NoPodAvailable, match="not ready after"):
                     await leases.acquire(expected_hours=1)
