@@ -391,7 +391,7 @@ class SeaweedS3:
                 f"-master.port={master}", f"-master.port.grpc={master_grpc}",
                 "-master.telemetry=false", "-master.telemetry.url=http://127.0.0.1:9/",
                 "-master.volumeSizeLimitMB=64",
-                f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=8",
+                f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}", "-volume.max=400",
                 "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
                 "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
                 "-s3.port.iceberg=0", "-s3.port.lance=0",
