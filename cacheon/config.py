@@ -92,10 +92,12 @@ class ModelSettings(_Section):
     """Weight cache on the pod (a provider volume when there is one); unset: <agent_root>/models."""
 
 
+ProviderName = Literal["targon", "lium", "static"]
+DEFAULT_PROVIDERS: tuple[ProviderName, ...] = ("targon", "lium")
+
+
 class PodSettings(_Section):
-    providers: list[Literal["targon", "lium", "static"]] = Field(
-        default_factory=lambda: ["targon", "lium"]
-    )
+    providers: list[ProviderName] = Field(default_factory=lambda: list(DEFAULT_PROVIDERS))
     max_price_per_hour: float = Field(default=40.0, gt=0)
     daily_budget_usd: float = Field(default=500.0, ge=0)
     keep_on_restart: bool = True
