@@ -30,7 +30,7 @@ import docker
 
 from cacheon.agent import metrics
 from cacheon.agent.hardware import read_gpus
-from cacheon.agent.loadgen import BlockResult, LoadGenerator, Measured, workers_for
+from cacheon.agent.loadgen import BlockResult, LoadGenerator, Measured, WorkerLost, workers_for
 from cacheon.agent.runtime import (
     DockerRuntime,
     LaunchFault,
@@ -177,6 +177,10 @@ class RoundRunner:
                 if not self.enforced:
                     self.enforced = await server.enforced_limits()
                 await self._measure(server, run)
+            except (WorkerLost, OSError) as lost:  # ours, unless the server died under it
+                raise await _blame(
+                    server, LaunchFault(ReasonCode.AGENT_FAILED, str(lost))
+                ) from None
             except LaunchFault as fault:
                 raise await _blame(server, fault) from None
             finally:

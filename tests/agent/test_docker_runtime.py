@@ -67,9 +67,8 @@ def test_contestant_cannot_escape_the_run_profile(
         command=[PYTHON, "/app/escape_probe.py", str(job), "/proc/1/root" + str(job)],
         extra_files={"/app/escape_probe.py": probe},
     )
-    limits, logs = asyncio.run(
-        _healthy(_runtime(docker_daemon, model_dir), image, tmp_path / "p.log")
-    )
+    limits = asyncio.run(_healthy(_runtime(docker_daemon, model_dir), image, tmp_path / "p.log"))
+    logs = (tmp_path / "p.log").read_text()
     results = {
         line.split()[0]: line
         for line in logs.splitlines()
@@ -105,7 +104,7 @@ def test_contestant_cannot_escape_the_run_profile(
 def test_memory_hog_is_killed_as_oom(
     docker_daemon: DockerDaemon, toy_image: ToyImage, model_dir: Path, tmp_path: Path
 ) -> None:
-    image = toy_image("oom", command=[PYTHON, "-c", "x = [bytearray(1 << 26) for _ in range(64)]"])
+    image = toy_image("memory-hog", command=[PYTHON, "-c", "x = [bytearray(1 << 26) for _ in range(64)]"])
 
     async def run() -> tuple[int | None, bool]:
         runtime = _runtime(docker_daemon, model_dir)

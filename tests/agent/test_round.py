@@ -122,7 +122,7 @@ def test_hostile_contestants_fail_with_their_reasons(
     faults = {
         "hang": (Knobs(fault=Fault.HANG), ReasonCode.BAD_RESPONSE),
         "crash": (Knobs(fault=Fault.CRASH), ReasonCode.CRASHED),
-        "oom": (Knobs(fault=Fault.OOM), ReasonCode.OOM),
+        "fault-oom": (Knobs(fault=Fault.OOM), ReasonCode.OOM),
         "never-healthy": (Knobs(fault=Fault.NEVER_HEALTHY), ReasonCode.STARTUP_TIMEOUT),
         "wrong-model": (Knobs(fault=Fault.WRONG_MODEL), ReasonCode.CONFORMANCE),
     }
