@@ -104,7 +104,9 @@ def test_contestant_cannot_escape_the_run_profile(
 def test_memory_hog_is_killed_as_oom(
     docker_daemon: DockerDaemon, toy_image: ToyImage, model_dir: Path, tmp_path: Path
 ) -> None:
-    image = toy_image("memory-hog", command=[PYTHON, "-c", "x = [bytearray(1 << 26) for _ in range(64)]"])
+    image = toy_image(
+        "memory-hog", command=[PYTHON, "-c", "x = [bytearray(1 << 26) for _ in range(64)]"]
+    )
 
     async def run() -> tuple[int | None, bool]:
         runtime = _runtime(docker_daemon, model_dir)
