@@ -23,6 +23,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 
@@ -115,10 +116,9 @@ JOB_KINDS: dict[JobKind, JobKindRunner] = {JobKind.PROBE: run_probe, JobKind.ROU
 """The kinds this agent runs."""
 
 
-def read_key(stream: object = None) -> bytes:
+def read_key(stream: TextIO | None = None) -> bytes:
     """The HMAC key: one hex line on stdin, never a file or an argument (those are visible)."""
-    source = stream if stream is not None else sys.stdin
-    line = source.readline()  # type: ignore[attr-defined]
+    line = (stream or sys.stdin).readline()
     try:
         key = bytes.fromhex(line.strip())
     except ValueError:

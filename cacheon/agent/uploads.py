@@ -8,7 +8,6 @@ or refused URL is retried until fresh URLs arrive or the wait runs out.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -114,8 +113,3 @@ async def _put_once(client: httpx.AsyncClient, book: SlotBook, name: str, data: 
     if response.status_code in {403, 429} or response.status_code >= 500:
         raise _Retryable(f"PUT answered {response.status_code}")
     raise UploadError(f"{name}: PUT answered {response.status_code}: {response.text[:200]}")
-
-
-def slot_names_json(slots: tuple[UploadSlot, ...]) -> str:
-    """Slot names only, for logs: the URLs' signatures are never logged."""
-    return json.dumps(sorted(slot.name for slot in slots))
