@@ -92,6 +92,100 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        5,
+        "validator_state",
+        """
+        CREATE TABLE submissions (
+            hotkey       TEXT NOT NULL,
+            digest       TEXT NOT NULL,
+            image        TEXT NOT NULL,
+            uid          INTEGER NOT NULL,
+            first_seen   INTEGER NOT NULL,
+            layers       TEXT,
+            size         INTEGER,
+            current      INTEGER NOT NULL DEFAULT 1,
+            seen_at      REAL NOT NULL,
+            PRIMARY KEY (hotkey, digest)
+        );
+        CREATE TABLE rounds (
+            round_id   TEXT PRIMARY KEY,
+            block      INTEGER NOT NULL,
+            block_hash TEXT NOT NULL,
+            salt       TEXT NOT NULL,
+            salt_hash  TEXT NOT NULL,
+            seed       TEXT NOT NULL,
+            state      TEXT NOT NULL,
+            reason     TEXT,
+            detail     TEXT NOT NULL DEFAULT '',
+            job        TEXT NOT NULL,
+            report     TEXT,
+            pod        TEXT,
+            job_dir    TEXT,
+            job_pid    INTEGER,
+            started_at REAL NOT NULL,
+            ended_at   REAL
+        );
+        CREATE TABLE verdicts (
+            id                 INTEGER PRIMARY KEY,
+            round_id           TEXT,
+            hotkey             TEXT NOT NULL,
+            digest             TEXT NOT NULL,
+            outcome            TEXT NOT NULL,
+            reason             TEXT,
+            detail             TEXT NOT NULL DEFAULT '',
+            attribution        TEXT,
+            charged            INTEGER NOT NULL DEFAULT 0,
+            evaluation_version TEXT NOT NULL,
+            created_at         REAL NOT NULL
+        );
+        CREATE INDEX verdicts_digest ON verdicts(digest);
+        CREATE TABLE evidence (
+            digest         TEXT NOT NULL,
+            kind           TEXT NOT NULL,
+            against        TEXT NOT NULL,
+            launches       INTEGER NOT NULL,
+            total          REAL NOT NULL,
+            variance_units REAL NOT NULL,
+            call           TEXT,
+            PRIMARY KEY (digest, kind)
+        );
+        CREATE TABLE noise_pairs (
+            round_id TEXT NOT NULL,
+            value    REAL NOT NULL
+        );
+        CREATE TABLE behaves_like (
+            digest TEXT NOT NULL,
+            leader TEXT NOT NULL,
+            PRIMARY KEY (digest, leader)
+        );
+        CREATE TABLE evaluation_starts (
+            hotkey TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            block  INTEGER NOT NULL,
+            PRIMARY KEY (hotkey, digest)
+        );
+        CREATE TABLE standings (
+            id            INTEGER PRIMARY KEY,
+            round_id      TEXT,
+            leader_hotkey TEXT,
+            leader_digest TEXT,
+            runner_hotkey TEXT,
+            runner_digest TEXT,
+            changes       TEXT NOT NULL,
+            created_at    REAL NOT NULL
+        );
+        CREATE TABLE weights_log (
+            id          INTEGER PRIMARY KEY,
+            standings_id INTEGER,
+            block       INTEGER NOT NULL,
+            vector      TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            detail      TEXT NOT NULL DEFAULT '',
+            created_at  REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 
