@@ -55,6 +55,12 @@ class ValidatorSettings(_Section):
     """Keys the per-round salt (DESIGN.md §3 step 3); never published."""
     weights_interval_blocks: int | None = Field(default=None, ge=1)
     """Defaults to the subnet tempo when unset."""
+    weights_version_key: int = Field(default=0, ge=0)
+    """Sent as max(this, the chain's WeightsVersionKey)."""
+    watchdog_s: float = Field(default=600.0, gt=0)
+    """No new block for this long: reconnect; for as long again: exit non-zero (systemd restarts)."""
+    sweep_interval_s: float = Field(default=300.0, gt=0)
+    """How often the orphan-pod sweep and the idle-pod release run."""
 
 
 class ArenaSettings(_Section):
@@ -150,6 +156,22 @@ class S3Settings(_Section):
     """Round prefixes kept in the bucket; older rounds' objects are deleted."""
 
 
+class WorkloadSettings(_Section):
+    """What one round measures (DESIGN.md §4.3); part of the evaluation version."""
+
+    concurrencies: list[int] = Field(default_factory=lambda: [1, 16, 64], min_length=1)
+    prompts_per_block: int = Field(default=64, ge=1)
+    blocks_per_level: int = Field(default=2, ge=1)
+    warmup_requests: int = Field(default=8, ge=0)
+    max_tokens: int = Field(default=256, ge=1)
+    request_timeout_s: float = Field(default=300.0, gt=0)
+    startup_deadline_s: float = Field(default=1200.0, gt=0)
+    """A server must be healthy this long after its start (the miner contract)."""
+    round_deadline_s: float = Field(default=4 * 3600.0, gt=0)
+    expected_round_hours: float = Field(default=2.0, gt=0)
+    """Projected pod time of one round, for budget admission."""
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] | None = None
@@ -178,6 +200,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     pods: PodSettings = PodSettings()
     s3: S3Settings = S3Settings()
+    workload: WorkloadSettings = WorkloadSettings()
     log: LogSettings = LogSettings()
     web: WebSettings = WebSettings()
 

@@ -452,20 +452,44 @@ def verify_report(key: bytes, signed: SignedReport) -> bool:
 
 
 class Standing(_Model):
+    """A place in the standings with its speed against the baseline (None until measured)."""
+
     hotkey: str
     uid: int | None = None
+    digest: DigestStr
     image: str
-    speed_ratio: float  # against the baseline
-    ratio_low: float
-    ratio_high: float
+    speed_ratio: float | None = None  # exp(mean log-ratio) against the baseline
+    ratio_low: float | None = None  # one-sided bounds at the arena's alpha
+    ratio_high: float | None = None
+    launches: int = 0
 
 
 class PublishedVerdict(_Model):
     hotkey: str
-    image: str
+    digest: str
+    image: str | None = None
     outcome: Outcome
     reason: ReasonCode | None = None
+    detail: str = ""
     round_id: str | None = None
+    at: float
+
+
+class PublicRound(_Model):
+    """One round's raw evidence: anyone can recompute its ratios and check its seed."""
+
+    round_id: str
+    block: int
+    block_hash: str
+    salt_hash: str
+    salt: str | None = None  # revealed once the round is over
+    seed: str
+    state: str
+    reason: ReasonCode | None = None
+    launch_order: tuple[str, ...] = ()
+    contestants: tuple[Contestant, ...] = ()
+    launches: tuple[Launch, ...] = ()
+    results: tuple[ContestantResult, ...] = ()
 
 
 class PublicReport(_Model):
@@ -475,7 +499,12 @@ class PublicReport(_Model):
     validator_hotkey: str
     validator_version: str
     evaluation_version: str
+    netuid: int
     block: int
+    published_at: float
+    launch_noise: float | None = None  # pooled sigma_L, log scale
     leader: Standing | None = None
     runner_up: Standing | None = None
+    pending: tuple[Standing, ...] = ()
     verdicts: tuple[PublishedVerdict, ...] = ()
+    round: PublicRound | None = None

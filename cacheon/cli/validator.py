@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import sys
-from pathlib import Path
 
-from cacheon.arena import ArenaParams
 from cacheon.arena import simulate as arena_simulate
-from cacheon.cli.common import EXIT_FAILED, add_settings_arguments, load_or_exit, make_parser
+from cacheon.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    add_settings_arguments,
+    load_or_exit,
+    make_parser,
+)
 from cacheon.cli.devnet import add_devnet_parser, run_devnet
 from cacheon.cli.pods import add_commands as add_pods_commands
 from cacheon.cli.pods import run as run_pods_command
-from cacheon.config import ArenaSettings, render_settings
+from cacheon.config import render_settings
 from cacheon.log import configure_logging, get_logger
 from cacheon.store.db import Database, DatabaseError
+from cacheon.validator.assemble import NotReady, build_parts, state_path
+from cacheon.validator.daemon import Daemon
+from cacheon.validator.evaluation import arena_params
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,19 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def arena_params(settings: ArenaSettings) -> ArenaParams:
-    """The arena's parameters from the operator's settings."""
-    return ArenaParams(
-        moat=settings.moat,
-        alpha=settings.alpha,
-        max_launches=settings.max_launches,
-        sigma_floor=settings.sigma_floor,
-        max_challengers_per_round=settings.max_challengers_per_round,
-        min_blocks_between_evaluations=settings.min_blocks_between_evaluations,
-        leader_share=settings.leader_share,
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -82,19 +77,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    loaded = load_or_exit(args)
-    settings = loaded.settings
+    settings = load_or_exit(args).settings
     configure_logging(settings.log.format or "json", settings.log.level)
     log = get_logger("cacheon.validator")
-    state = Path(settings.validator.state_dir).expanduser() / "state.db"
     try:
-        with Database.open(state) as db:
-            log.info("state loaded", path=str(state), schema_version=db.schema_version)
+        db = Database.open(state_path(settings))
     except DatabaseError as exc:
         log.error("cannot open state", reason=str(exc))
         return EXIT_FAILED
-    log.error("the round loop is not built yet; nothing to run", netuid=settings.chain.netuid)
-    return EXIT_FAILED
+    try:
+        parts = build_parts(settings, db)
+    except NotReady as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        db.close()
+        return EXIT_USAGE
+    try:
+        return asyncio.run(Daemon(settings, parts).run())
+    finally:
+        db.close()
 
 
 def _simulate(args: argparse.Namespace) -> int:

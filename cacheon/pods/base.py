@@ -30,6 +30,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from cacheon.remote.ssh import SshTarget  # where a pod is reached; one type for both sides
+
 
 class PodState(StrEnum):
     """The provider's view of a pod, reduced to what the validator acts on."""
@@ -48,15 +50,6 @@ class Offer:
     gpu_type: str
     gpu_count: int
     price_per_hour: float
-
-
-@dataclass(frozen=True)
-class SshTarget:
-    host: str
-    port: int
-    user: str
-    host_key: str | None = None
-    """`<type> <base64>` when the provider pins it; otherwise learned on first contact."""
 
 
 @dataclass(frozen=True)

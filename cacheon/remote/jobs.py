@@ -141,16 +141,61 @@ async def drive_job(
     new_slots: SlotMaker,
     *,
     on_event: Callable[[ProgressEvent], None] | None = None,
+    on_started: Callable[[RemoteJob], None] | None = None,
     reconnect_within_s: float = 300.0,
 ) -> JobOutcome:
     """Start `spec` on the pod and follow it to the end, reconnecting and reattaching after
     every dropped connection (for at most `reconnect_within_s` each time). URLs are refreshed
-    after each reattach and before they expire."""
+    after each reattach and before they expire. `on_started` gets the job as soon as the agent
+    runs, so the caller can persist it and resume after its own restart (`resume_job`)."""
     session = await connect()
     job = await start_job(session, install, spec, key)
+    if on_started is not None:
+        on_started(job)
+    expiry = min((slot.expires_at for slot in spec.uploads), default=float("inf"))
+    return await _follow(
+        connect, session, install, job, new_slots, expiry, spec.round_deadline_s,
+        on_event, reconnect_within_s,
+    )  # fmt: skip
+
+
+async def resume_job(
+    connect: Connector,
+    install: AgentInstall,
+    job: RemoteJob,
+    new_slots: SlotMaker,
+    *,
+    deadline_s: float,
+    on_event: Callable[[ProgressEvent], None] | None = None,
+    reconnect_within_s: float = 300.0,
+) -> JobOutcome:
+    """Reattach to a job an earlier validator process started: fresh URLs first (the old ones
+    may have expired while nobody refreshed them), then follow its progress from the start."""
+    session = await connect()
+    slots = new_slots()
+    if await read_status(session, job) is None:
+        await refresh_urls(session, install, job, slots)
+    expiry = min((slot.expires_at for slot in slots), default=float("inf"))
+    outcome = await _follow(
+        connect, session, install, job, new_slots, expiry, deadline_s, on_event, reconnect_within_s
+    )
+    outcome.reattached += 1
+    return outcome
+
+
+async def _follow(
+    connect: Connector,
+    session: SshSession,
+    install: AgentInstall,
+    job: RemoteJob,
+    new_slots: SlotMaker,
+    expiry: float,
+    deadline_s: float,
+    on_event: Callable[[ProgressEvent], None] | None,
+    reconnect_within_s: float,
+) -> JobOutcome:
     outcome = JobOutcome(job, None)
     offset = 0
-    expiry = min((slot.expires_at for slot in spec.uploads), default=float("inf"))
     started = time.monotonic()
 
     def seen(event: ProgressEvent, new_offset: int) -> None:
@@ -161,7 +206,7 @@ async def drive_job(
             on_event(event)
 
     while True:
-        left = spec.round_deadline_s + COMMAND_DEADLINE_S - (time.monotonic() - started)
+        left = deadline_s + COMMAND_DEADLINE_S - (time.monotonic() - started)
         try:
             async with asyncio.TaskGroup() as group:
                 follow = group.create_task(follow_progress(session, job, offset, seen, left))

@@ -1,0 +1,311 @@
+"""The validator's main loop: poll -> select -> round -> score -> persist -> publish -> weights.
+
+One concern per step, each in its own method; a step that fails is logged with its reason and
+retried on the next pass, never the end of the loop. State is loaded (and any round a previous
+process left behind is resumed or resolved) before anything else, so weights never go out on an
+empty memory. SIGTERM stops new work; a round in flight is left to resume after a restart when
+pods are kept (`pods.keep_on_restart`), otherwise abandoned as NO_DECISION and its pod released.
+A watchdog exits non-zero when the chain stops producing blocks, so systemd restarts us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import bittensor as bt
+
+from cacheon.arena import ArenaParams, Queued, Selection, Standings, select_challengers
+from cacheon.chain.client import ChainClient, ChainState
+from cacheon.chain.weights import hotkey_address
+from cacheon.config import Settings
+from cacheon.log import get_logger
+from cacheon.pods.leases import PodLeases
+from cacheon.protocol import Digest, GateThresholds, JobSpec, ReasonCode, Workload
+from cacheon.store.db import Database
+from cacheon.store.objects import ObjectStore, ObjectStoreError
+from cacheon.validator.evaluation import arena_params, evaluation_version, validator_secret
+from cacheon.validator.poll import ManifestFetcher, Poller
+from cacheon.validator.publish import build_public_report
+from cacheon.validator.rounds import RoundPlan, RoundResult, RoundRunner, plan_round
+from cacheon.validator.scoring import Scoring
+from cacheon.validator.state import RoundRecord, RoundState, ValidatorState
+from cacheon.validator.weights import WeightsStep
+
+log = get_logger("cacheon.validator")
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_STALLED = 3
+
+
+class ChainStalled(Exception):
+    """No new block for two watchdog periods, reconnect included."""
+
+
+@dataclass
+class Watchdog:
+    period_s: float
+    last_block: int = -1
+    last_change: float = field(default_factory=time.monotonic)
+    reconnected: bool = False
+
+    def saw(self, block: int) -> None:
+        if block != self.last_block:
+            self.last_block, self.last_change, self.reconnected = block, time.monotonic(), False
+
+    def stale(self) -> bool:
+        return time.monotonic() - self.last_change > self.period_s
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The daemon's collaborators, built once by the CLI (or a test) from the settings."""
+
+    db: Database
+    chain: ChainClient
+    wallet: bt.Wallet
+    leases: PodLeases
+    store: ObjectStore
+    fetch_manifest: ManifestFetcher | None = None
+
+
+class Daemon:
+    def __init__(self, settings: Settings, parts: Parts) -> None:
+        self.settings = settings
+        self.parts = parts
+        self.state = ValidatorState(parts.db)
+        self.params: ArenaParams = arena_params(settings.arena)
+        w = settings.workload
+        self.workload = Workload(
+            concurrencies=tuple(w.concurrencies),
+            prompts_per_block=w.prompts_per_block,
+            blocks_per_level=w.blocks_per_level,
+            warmup_requests=w.warmup_requests,
+            max_tokens=w.max_tokens,
+            request_timeout_s=w.request_timeout_s,
+        )
+        self.gate = GateThresholds()
+        self.version = evaluation_version(settings, self.workload, self.gate)
+        self.baseline = Digest(settings.model.baseline_image.rpartition("@")[2])
+        poller_args = {} if parts.fetch_manifest is None else {"fetch": parts.fetch_manifest}
+        self.poller = Poller(parts.chain, self.state, settings, self.version, **poller_args)
+        self.runner = RoundRunner(
+            settings, db=parts.db, state=self.state, leases=parts.leases, store=parts.store
+        )
+        self.scoring = Scoring(self.state, self.params, self.version, self.baseline)
+        self.weights = WeightsStep(
+            parts.chain,
+            parts.wallet,
+            self.state,
+            self.params,
+            self.gate,
+            settings.chain.network,
+            settings.validator.weights_interval_blocks,
+            settings.validator.weights_version_key,
+        )
+        self.hotkey = hotkey_address(parts.wallet)
+        self.stopping = asyncio.Event()
+        self.watchdog = Watchdog(settings.validator.watchdog_s)
+        self._last_sweep = time.monotonic()
+        self.loop_alive_at = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        log.info("validator starting", hotkey=self.hotkey, evaluation_version=self.version,
+                 netuid=self.settings.chain.netuid)  # fmt: skip
+        try:
+            sweep = await self.parts.leases.start()
+            log.info("startup sweep", report=str(sweep))
+            await self.recover()
+            while not self.stopping.is_set():
+                await self.cycle()
+                self.loop_alive_at = time.time()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.stopping.wait(), self.settings.validator.poll_interval_s
+                    )
+        except ChainStalled as exc:
+            log.error("chain stalled; exiting for a restart", reason=str(exc))
+            return EXIT_STALLED
+        finally:
+            await self.parts.leases.close()
+            await self.parts.chain.close()
+            log.info("validator stopped")
+        return EXIT_OK
+
+    def stop(self) -> None:
+        if not self.stopping.is_set():
+            log.info("stop requested: finishing the current step, starting no new work")
+            self.stopping.set()
+
+    async def recover(self) -> None:
+        """Resume or resolve rounds a previous process left behind, before any new work."""
+        for record in self.state.unfinished_rounds():
+            if record.state is RoundState.PLANNED:
+                job = JobSpec.model_validate_json(record.job)
+                failed = RoundResult(
+                    record.round_id, None, ReasonCode.ROUND_ABANDONED, "never started"
+                )
+                await self._conclude(job, failed, await self.parts.chain.read_state())
+                continue
+            log.info("resuming round", round_id=record.round_id, pod=record.pod)
+            result = await self.runner.resume(record)
+            chain = await self.parts.chain.read_state()
+            await self._conclude(JobSpec.model_validate_json(record.job), result, chain)
+
+    # --- one pass of the loop --------------------------------------------------------------
+
+    async def cycle(self) -> None:
+        _, standings = self.state.standings()
+        chain = await self._step("poll", self._poll(standings))
+        if chain is None:
+            return
+        polled, chain_state = chain
+        selection = select_challengers(
+            polled, self.state.last_started(), chain_state.block, self._affordable(), self.params
+        )
+        if selection.chosen and not self.stopping.is_set():
+            await self._step("round", self._round(selection, standings, chain_state))
+        await self._step("weights", self.weights.run(chain_state))
+        await self._step("pods", self._pods())
+
+    async def _poll(self, standings: Standings) -> tuple[tuple[Queued, ...], ChainState]:
+        opponent = standings.leader.digest if standings.leader is not None else None
+        holders = frozenset(
+            (h.hotkey, h.digest) for h in (standings.leader, standings.runner_up) if h is not None
+        )
+        polled = await self.poller.poll(opponent, holders)
+        self.watchdog.saw(polled.chain.block)
+        if self.watchdog.stale():
+            if self.watchdog.reconnected:
+                raise ChainStalled(f"no new block since block {self.watchdog.last_block}")
+            log.warning("no new block; reconnecting to the chain", block=polled.chain.block)
+            await self.parts.chain.close()
+            self.watchdog.reconnected = True
+            self.watchdog.last_change = time.monotonic()
+        return polled.queue, polled.chain
+
+    async def _round(self, selection: Selection, standings: Standings, chain: ChainState) -> None:
+        records = {
+            (r.submission.hotkey, r.submission.digest): r
+            for r in self.state.submissions(current_only=True)
+        }
+        challengers = [records[(s.hotkey, s.digest)] for s in selection.chosen]
+        leader = standings.leader
+        leader_record = (
+            None if leader is None else self.state.submission(leader.hotkey, leader.digest)
+        )
+        round_id = self._round_id(chain.block)
+        plan = plan_round(
+            round_id=round_id,
+            block=chain.block,
+            block_hash=chain.block_hash,
+            secret=validator_secret(self.settings, self.parts.db),
+            settings=self.settings,
+            workload=self.workload,
+            gate=self.gate,
+            leader=leader if leader_record is not None else None,
+            leader_image=None if leader_record is None else leader_record.image,
+            challengers=challengers,
+        )
+        starts = [s for s in selection.chosen if not self.state.started(s.hotkey, s.digest)]
+        self.state.begin_round(plan.record, starts)
+        log.info("round planned", round_id=round_id, challengers=[c.submission.hotkey for c in challengers],
+                 leader=None if leader is None else leader.hotkey, salt_hash=plan.record.salt_hash)  # fmt: skip
+        await self._publish(chain, plan.record)
+        try:
+            result = await self.runner.run(plan)
+        except asyncio.CancelledError:
+            if not self._resumable(plan):
+                stopped = RoundResult(
+                    round_id, None, ReasonCode.ROUND_ABANDONED, "validator stopped"
+                )
+                await asyncio.shield(self._conclude(plan.job, stopped, chain))
+            raise
+        await self._conclude(plan.job, result, chain)
+
+    async def _conclude(self, job: JobSpec, result: RoundResult, chain: ChainState) -> None:
+        _, standings = self.state.standings()
+        registered = {n.hotkey for n in chain.neurons}
+        scored = self.scoring.score(job, result, standings, registered)
+        self.state.score_round(scored)
+        log.info("round scored", round_id=job.round_id, void=scored.void, detail=scored.detail,
+                 verdicts=[(v.hotkey, v.outcome.value, v.reason) for v in scored.verdicts],
+                 changes=[(c.kind.value, c.holder.hotkey) for c in scored.changes])  # fmt: skip
+        await self._publish(chain, self.state.round(job.round_id))
+
+    async def _publish(self, chain: ChainState, record: RoundRecord | None) -> None:
+        report = build_public_report(
+            self.state,
+            params=self.params,
+            validator_hotkey=self.hotkey,
+            evaluation_version=self.version,
+            netuid=chain.netuid,
+            block=chain.block,
+            uids={n.hotkey: n.uid for n in chain.neurons},
+            last_round=record,
+        )
+        try:
+            key = await asyncio.to_thread(self.parts.store.publish_public_report, report)
+        except ObjectStoreError as exc:
+            log.warning("public report not published; next round will", reason=str(exc))
+            return
+        log.info("public report published", key=key)
+
+    async def _pods(self) -> None:
+        await self.parts.leases.release_idle()
+        if time.monotonic() - self._last_sweep >= self.settings.validator.sweep_interval_s:
+            self._last_sweep = time.monotonic()
+            await self.parts.leases.sweep()
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    async def _step(self, name: str, work: Coroutine[Any, Any, T]) -> T | None:
+        """Run one step; a failure is logged with its reason and the loop goes on."""
+        try:
+            result = await work
+        except (asyncio.CancelledError, ChainStalled):
+            raise
+        except Exception as exc:  # a failed step is retried next pass; the loop must live
+            log.exception("step failed; retrying next pass", step=name, reason=str(exc))
+            return None
+        return result
+
+    def _affordable(self) -> int:
+        """Challengers the remaining daily budget admits: a round's projected cost or none."""
+        pods = self.settings.pods
+        round_cost = pods.max_price_per_hour * self.settings.workload.expected_round_hours
+        return (
+            self.params.max_challengers_per_round
+            if self.parts.leases.budget_left() >= round_cost
+            else 0
+        )
+
+    def _round_id(self, block: int) -> str:
+        base = f"r{block:010d}"
+        taken = {r.round_id for r in self.state.rounds(limit=20)}
+        suffix = next(
+            n for n in range(len(taken) + 1) if (f"{base}-{n}" if n else base) not in taken
+        )
+        return f"{base}-{suffix}" if suffix else base
+
+    def _resumable(self, plan: RoundPlan) -> bool:
+        """A round whose agent runs on a kept pod is left for the next start to resume."""
+        record = self.state.round(plan.record.round_id)
+        running = record is not None and record.state is RoundState.RUNNING
+        if running and self.settings.pods.keep_on_restart:
+            log.info(
+                "round left running for the next start to resume", round_id=plan.record.round_id
+            )
+            return True
+        return False

@@ -1,0 +1,70 @@
+"""What a verdict depends on, and the round's secrets that make its prompts unpredictable.
+
+A terminal verdict is replayed instead of re-run only while the evaluation version is unchanged
+(DESIGN.md §3 step 2): the validator's major.minor, the model and its revision, the baseline
+digest, the workload generator, the gate thresholds and the miner contract. The round salt is
+HMAC(validator secret, round id): its hash is published before the round, the salt after it, so
+anyone can check the seed was not chosen after seeing the block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+
+from cacheon import __version__
+from cacheon.arena import ArenaParams
+from cacheon.config import ArenaSettings, Settings
+from cacheon.protocol import CONTRACT_VERSION, SCHEMA_VERSION, GateThresholds, Workload
+from cacheon.store.db import Database
+
+SECRET_META_KEY = "validator.secret"  # noqa: S105 (the key under which it is stored)
+
+
+def arena_params(settings: ArenaSettings) -> ArenaParams:
+    """The arena's parameters from the operator's settings."""
+    return ArenaParams(
+        moat=settings.moat,
+        alpha=settings.alpha,
+        max_launches=settings.max_launches,
+        sigma_floor=settings.sigma_floor,
+        max_challengers_per_round=settings.max_challengers_per_round,
+        min_blocks_between_evaluations=settings.min_blocks_between_evaluations,
+        leader_share=settings.leader_share,
+    )
+
+
+def evaluation_version(settings: Settings, workload: Workload, gate: GateThresholds) -> str:
+    major_minor = ".".join(__version__.split(".")[:2])
+    parts = {
+        "validator": major_minor,
+        "model": f"{settings.model.name}@{settings.model.revision}",
+        "baseline": settings.model.baseline_image.rpartition("@")[2],
+        "workload": workload.generator_version,
+        "gate": gate.version,
+        "contract": CONTRACT_VERSION,
+        "schema": SCHEMA_VERSION,
+    }
+    blob = json.dumps(parts, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def validator_secret(settings: Settings, db: Database) -> bytes:
+    """The configured secret, or one generated once and kept in the state database."""
+    if settings.validator.secret is not None:
+        return settings.validator.secret.get_secret_value().encode()
+    stored = db.get_meta(SECRET_META_KEY)
+    if stored is None:
+        stored = secrets.token_hex(32)
+        db.set_meta(SECRET_META_KEY, stored)
+    return bytes.fromhex(stored)
+
+
+def round_salt(secret: bytes, round_id: str) -> bytes:
+    return hmac.new(secret, round_id.encode(), hashlib.sha256).digest()
+
+
+def round_seed(block_hash: str, salt: bytes) -> str:
+    return hashlib.sha256(block_hash.encode() + salt).hexdigest()
