@@ -16,8 +16,10 @@ from cacheon.cli.common import (
     make_parser,
 )
 from cacheon.cli.devnet import add_devnet_parser, run_devnet
+from cacheon.cli.doctor import add_doctor_parser, run_doctor
 from cacheon.cli.pods import add_commands as add_pods_commands
 from cacheon.cli.pods import run as run_pods_command
+from cacheon.cli.state import add_state_parser, run_state
 from cacheon.config import render_settings
 from cacheon.log import configure_logging, get_logger
 from cacheon.store.db import Database, DatabaseError
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(show)
     add_devnet_parser(commands)
     add_pods_commands(commands)
+    add_state_parser(commands)
+    add_doctor_parser(commands)
 
     simulate = commands.add_parser(
         "simulate", help="measure the verdict rules on synthetic challengers under noise"
@@ -72,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "state":
+        return run_state(args)
+    if args.command == "doctor":
+        return run_doctor(args)
     parser.print_help()
     return 0
 
