@@ -1,23 +1,28 @@
-# The validator image: `cacheon-validator run` as a non-root user.
-# Mount the wallet directory read-only and the config file; pass secrets as environment:
-#   docker run -v ~/.bittensor/wallets:/home/cacheon/.bittensor/wallets:ro \
-#              -v ./config.toml:/etc/cacheon/config.toml:ro -v cacheon-state:/var/lib/cacheon \
-#              --env-file cacheon.env IMAGE
+# The validator image: `cacheon-validator run` as the unprivileged `cacheon` user, with the same
+# layout as deploy/cacheon-validator.service (docs/operators.md):
+#   docker run --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges \
+#     -v /etc/cacheon/config.toml:/etc/cacheon/config.toml:ro \
+#     -v /etc/cacheon/wallets:/etc/cacheon/wallets:ro \
+#     -v cacheon-state:/var/lib/cacheon --env-file /etc/cacheon/cacheon.env IMAGE
 FROM python:3.11-slim
 
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin cacheon \
- && mkdir -p /var/lib/cacheon /etc/cacheon \
- && chown cacheon:cacheon /var/lib/cacheon
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/cacheon \
+      --shell /usr/sbin/nologin cacheon \
+ && install -d -o cacheon -g cacheon -m 0700 /var/lib/cacheon \
+ && install -d -m 0755 /etc/cacheon /etc/cacheon/wallets
 
 WORKDIR /opt/cacheon
 COPY pyproject.toml README.md LICENSE ./
 COPY cacheon ./cacheon
-RUN pip install --no-cache-dir ".[validator]"
+RUN python -m venv /opt/cacheon/venv \
+ && /opt/cacheon/venv/bin/pip install --no-cache-dir ".[validator]"
 
 USER cacheon
-ENV CACHEON_VALIDATOR__STATE_DIR=/var/lib/cacheon \
-    CACHEON_WALLET__PATH=/home/cacheon/.bittensor/wallets \
-    PYTHONUNBUFFERED=1
+ENV HOME=/var/lib/cacheon \
+    PYTHONUNBUFFERED=1 \
+    CACHEON_VALIDATOR__STATE_DIR=/var/lib/cacheon \
+    CACHEON_WALLET__PATH=/etc/cacheon/wallets \
+    CACHEON_PODS__SSH_KEY_PATH=/var/lib/cacheon/pod_ed25519
 VOLUME ["/var/lib/cacheon"]
-ENTRYPOINT ["cacheon-validator"]
+ENTRYPOINT ["/opt/cacheon/venv/bin/cacheon-validator"]
 CMD ["run", "--config", "/etc/cacheon/config.toml"]
