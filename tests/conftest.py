@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cacheon.testing.services import DockerDaemon, Registry, SeaweedS3, Sshd
+from cacheon.testing.services import POD_SSH_USER, DockerDaemon, Registry, SeaweedS3, Sshd
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +39,16 @@ def sshd() -> Iterator[Sshd]:
 
 
 @pytest.fixture(scope="session")
+def pod_sshd(docker_daemon: DockerDaemon) -> Iterator[Sshd]:
+    """A stand-in GPU pod: root over SSH, with the test dockerd as its docker engine."""
+    server = Sshd.start(POD_SSH_USER, as_root=True, environment={"DOCKER_HOST": docker_daemon.host})
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def s3() -> Iterator[SeaweedS3]:
     server = SeaweedS3.start()
     try:
@@ -59,7 +69,7 @@ def _isolated_home(
     Path(home, ".bittensor").mkdir()
 
 
-SERVICE_FIXTURES = frozenset({"docker_daemon", "registry", "sshd", "s3"})
+SERVICE_FIXTURES = frozenset({"docker_daemon", "registry", "sshd", "pod_sshd", "s3"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

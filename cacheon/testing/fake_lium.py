@@ -66,10 +66,10 @@ class FakeLium:
     async def start(self) -> None:
         if not self.executors:
             self.executors = [
-                _executor("NVIDIA H200", 8, 2.30),
-                _executor("NVIDIA H200", 8, 2.10),
-                _executor("NVIDIA H200", 4, 1.90),
-                _executor("NVIDIA H100 80GB HBM3", 8, 1.50),
+                executor("NVIDIA H200", 8, 2.30),
+                executor("NVIDIA H200", 8, 2.10),
+                executor("NVIDIA H200", 4, 1.90),
+                executor("NVIDIA H100 80GB HBM3", 8, 1.50),
             ]
         app = web.Application(
             middlewares=[fault_middleware(self.faults, self._authorized, _error, self.requests)]
@@ -181,7 +181,7 @@ class FakeLium:
         pod["ssh_connect_cmd"] = None
 
 
-def _executor(machine: str, gpus: int, price_per_gpu: float) -> dict[str, Any]:
+def executor(machine: str, gpus: int, price_per_gpu: float) -> dict[str, Any]:
     return {
         "id": secrets.token_hex(16), "executor_ip_address": "127.0.0.1", "machine_name": machine,
         "gpu_count": gpus, "available_gpu_count": gpus, "min_gpu_count_for_rental": None,

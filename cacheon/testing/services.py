@@ -35,6 +35,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 LOOPBACK = "127.0.0.1"
 TEST_SSH_USER = "cacheon-test"
+POD_SSH_USER = "cacheon-pod"
 
 
 class ServiceError(RuntimeError):
@@ -258,7 +259,12 @@ class Registry:
 
 @dataclass
 class Sshd:
-    """OpenSSH sshd on 127.0.0.1, key-only, for a dedicated user whose shell is /bin/sh."""
+    """OpenSSH sshd on 127.0.0.1, key-only, for a dedicated user whose shell is /bin/sh.
+
+    `Sshd.start(POD_SSH_USER, as_root=True, environment={"DOCKER_HOST": ...})` is a stand-in
+    for a rented GPU pod: providers log us in as root (the agent drives docker and joins
+    container network namespaces), here through a uid-0 alias whose shell starts fast.
+    """
 
     root: Path
     port: int
@@ -273,10 +279,16 @@ class Sshd:
         return f"[{LOOPBACK}]:{self.port} {self.host_public_key}"
 
     @classmethod
-    def start(cls, user: str = TEST_SSH_USER) -> Sshd:
+    def start(
+        cls,
+        user: str = TEST_SSH_USER,
+        *,
+        as_root: bool = False,
+        environment: dict[str, str] | None = None,
+    ) -> Sshd:
         sshd = _require("sshd")
         keygen = _require("ssh-keygen")
-        _ensure_user(user)
+        _ensure_user(user, as_root=as_root)
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         root = Path(tempfile.mkdtemp(prefix="cacheon-sshd-"))
         root.chmod(0o755)  # sshd reads authorized_keys as the user
@@ -298,8 +310,10 @@ class Sshd:
             config.write_text(
                 f"Port {port}\nListenAddress {LOOPBACK}\nHostKey {root / 'host_ed25519'}\n"
                 f"PidFile {root / 'sshd.pid'}\nAuthorizedKeysFile {authorized}\n"
-                f"AllowUsers {user}\nPermitRootLogin no\nPubkeyAuthentication yes\n"
-                "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+                f"AllowUsers {user}\nPubkeyAuthentication yes\n"
+                f"PermitRootLogin {'prohibit-password' if as_root else 'no'}\n"
+                + "".join(f"SetEnv {k}={v}\n" for k, v in (environment or {}).items())
+                + "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
                 "StrictModes no\nAllowTcpForwarding yes\nX11Forwarding no\nPrintMotd no\n"
                 "ClientAliveInterval 15\nSubsystem sftp internal-sftp\n"
             )
@@ -328,15 +342,30 @@ class Sshd:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _ensure_user(user: str) -> None:
+def _ensure_user(user: str, *, as_root: bool = False) -> None:
     try:
-        pwd.getpwnam(user)
+        found = pwd.getpwnam(user)
     except KeyError:
         # password "*": no password login, but not "locked" (sshd refuses locked accounts)
+        alias = ["--non-unique", "--uid", "0", "--gid", "0"] if as_root else []
         subprocess.run(
-            [_require("useradd"), "--create-home", "--shell", "/bin/sh", "--password", "*", user],
+            [
+                _require("useradd"),
+                "--create-home",
+                "--shell",
+                "/bin/sh",
+                "--password",
+                "*",
+                *alias,
+                user,
+            ],
             check=True,
             capture_output=True,
+        )
+        return
+    if (found.pw_uid == 0) != as_root:
+        raise ServiceError(
+            f"user {user} exists with uid {found.pw_uid}; expected as_root={as_root}"
         )
 
 

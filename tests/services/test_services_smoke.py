@@ -87,3 +87,20 @@ def test_s3_accepts_a_presigned_put_and_refuses_a_tampered_one(s3: SeaweedS3) ->
 
     unsigned = urlunsplit(parts._replace(query=""))
     assert httpx.put(unsigned, content=b"x").status_code == 403
+
+
+def test_pod_sshd_is_root_with_the_test_docker(pod_sshd: Sshd, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(pod_sshd.known_hosts_line + "\n")
+    result = subprocess.run(
+        [
+            "ssh", "-i", str(pod_sshd.client_key), "-p", str(pod_sshd.port),
+            "-o", f"UserKnownHostsFile={known_hosts}", "-o", "BatchMode=yes",
+            f"{pod_sshd.user}@{LOOPBACK}", "id -u; echo $DOCKER_HOST",
+        ],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    uid, docker_host = result.stdout.split()
+    assert uid == "0"
+    assert docker_host.startswith("unix:///tmp/cdk-")
