@@ -82,7 +82,9 @@ def inspect(
                 )
             counts = [_count(conn, table, tables) for table in ("standings", "first_seen")]
     except sqlite3.DatabaseError as exc:
-        raise NotStateDatabase(f"{name}: not a SQLite database ({exc})") from None
+        raise NotStateDatabase(
+            f"{name}: damaged, or not a SQLite database ({exc}); use another snapshot"
+        ) from None
     return StateInfo(path, version, path.stat().st_size, counts[0], counts[1])
 
 
