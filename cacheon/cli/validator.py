@@ -20,6 +20,8 @@ from cacheon.cli.doctor import add_doctor_parser, run_doctor
 from cacheon.cli.pods import add_commands as add_pods_commands
 from cacheon.cli.pods import run as run_pods_command
 from cacheon.cli.state import add_state_parser, run_state
+from cacheon.cli.status import add_commands as add_status_commands
+from cacheon.cli.status import run as run_status_command
 from cacheon.config import render_settings
 from cacheon.log import configure_logging, get_logger
 from cacheon.store.db import Database, DatabaseError
@@ -45,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_arguments(show)
     add_devnet_parser(commands)
     add_pods_commands(commands)
+    add_status_commands(commands)
     add_state_parser(commands)
     add_doctor_parser(commands)
 
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     if args.command == "devnet":
         return run_devnet(args)
+    if args.command in ("status", "weights") and (code := run_status_command(args)) is not None:
+        return code
     if args.command in ("keys", "pods") and (code := run_pods_command(args)) is not None:
         return code
     if args.command == "config" and args.config_command == "show":

@@ -30,11 +30,13 @@ from cacheon.protocol import Digest, GateThresholds, JobSpec, ReasonCode, Worklo
 from cacheon.store.db import Database
 from cacheon.store.objects import ObjectStore, ObjectStoreError
 from cacheon.validator.evaluation import arena_params, evaluation_version, validator_secret
+from cacheon.validator.leaderboard import publish_leaderboard
 from cacheon.validator.poll import ManifestFetcher, Poller
 from cacheon.validator.publish import build_public_report
 from cacheon.validator.rounds import RoundPlan, RoundResult, RoundRunner, plan_round
 from cacheon.validator.scoring import Scoring
 from cacheon.validator.state import RoundRecord, RoundState, ValidatorState
+from cacheon.validator.web import WebServer
 from cacheon.validator.weights import WeightsStep
 
 log = get_logger("cacheon.validator")
@@ -114,6 +116,7 @@ class Daemon:
         self.watchdog = Watchdog(settings.validator.watchdog_s)
         self._last_sweep = time.monotonic()
         self.loop_alive_at = 0.0
+        self.web = WebServer(self)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -124,6 +127,7 @@ class Daemon:
         log.info("validator starting", hotkey=self.hotkey, evaluation_version=self.version,
                  netuid=self.settings.chain.netuid)  # fmt: skip
         try:
+            await self.web.start()
             sweep = await self.parts.leases.start()
             log.info("startup sweep", report=str(sweep))
             await self.recover()
@@ -138,6 +142,7 @@ class Daemon:
             log.error("chain stalled; exiting for a restart", reason=str(exc))
             return EXIT_STALLED
         finally:
+            await self.web.stop()
             await self.parts.leases.close()
             await self.parts.chain.close()
             log.info("validator stopped")
@@ -261,6 +266,7 @@ class Daemon:
             log.warning("public report not published; next round will", reason=str(exc))
             return
         log.info("public report published", key=key)
+        await publish_leaderboard(self, report)
 
     async def _pods(self) -> None:
         await self.parts.leases.release_idle()
