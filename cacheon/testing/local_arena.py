@@ -67,6 +67,7 @@ TOY_MINERS: tuple[ToyMiner, ...] = (
     ToyMiner("cheat", Knobs(speed=Speed(ttft_s=0.01, token_s=0.005), fault=Fault.WRONG_MODEL)),
     ToyMiner("malformed", commitment="cacheon/1 docker.io/someone/server:latest"),
     ToyMiner("copycat", copy_of="fast"),
+    ToyMiner("late", Knobs(speed=Speed(ttft_s=0.024, token_s=0.012))),
 )
 BASELINE_KNOBS = Knobs(speed=Speed(ttft_s=0.04, token_s=0.02))
 
