@@ -23,7 +23,7 @@ from cacheon.chain.client import ChainClient, ChainState
 from cacheon.chain.errors import ChainFailure
 from cacheon.chain.weights import hotkey_address
 from cacheon.config import ChainSettings, S3Settings, Settings
-from cacheon.pods.base import PodError, Provider
+from cacheon.pods.base import PodError, Provider, ProviderAuthError
 from cacheon.pods.keys import load_key
 from cacheon.pods.providers import build_providers
 from cacheon.protocol import GateThresholds
@@ -51,7 +51,7 @@ async def run_checks(settings: Settings) -> list[Check]:
     state_of = _read_state(settings.chain)
     found = await asyncio.gather(
         state_of,
-        asyncio.gather(*(_endpoint(settings.chain, e) for e in endpoints)),
+        asyncio.gather(*(_endpoint(settings.chain, e, name) for e, name in endpoints)),
         asyncio.to_thread(_s3, settings.s3),
         _providers(settings),
     )
@@ -92,11 +92,16 @@ def _wallet(settings: Settings) -> tuple[Check, str | None]:
     return Check("wallet", True, f"hotkey {hotkey} ({where})"), hotkey
 
 
-def _endpoints(chain: ChainSettings) -> list[str]:
-    return [chain.chain_endpoint or chain.network, *chain.fallback_endpoints]
+def _endpoints(chain: ChainSettings) -> list[tuple[str, str]]:
+    """(endpoint, check name) for the main endpoint and each fallback."""
+    fallbacks = chain.fallback_endpoints
+    return [
+        (chain.chain_endpoint or chain.network, "chain"),
+        *((e, f"chain fallback {i}") for i, e in enumerate(fallbacks, 1)),
+    ]
 
 
-async def _endpoint(chain: ChainSettings, endpoint: str) -> Check:
+async def _endpoint(chain: ChainSettings, endpoint: str, name: str) -> Check:
     """Each endpoint alone: a dead fallback is found now, not on the day it is needed."""
     alone = chain.model_copy(update={"chain_endpoint": endpoint, "fallback_endpoints": []})
     client = ChainClient(alone)
@@ -104,10 +109,10 @@ async def _endpoint(chain: ChainSettings, endpoint: str) -> Check:
         block = await client.head()
     except ChainFailure as exc:
         fix = "fix chain.network / chain.chain_endpoint / chain.fallback_endpoints"
-        return Check(f"chain {_shown(endpoint)}", False, f"{exc}; {fix}")
+        return Check(name, False, f"{exc}; {fix}")
     finally:
         await client.close()
-    return Check(f"chain {_shown(endpoint)}", True, f"reachable, head block {block}")
+    return Check(name, True, f"{_shown(endpoint)} reachable, head block {block}")
 
 
 async def _read_state(chain: ChainSettings) -> ChainState | str:
@@ -201,6 +206,8 @@ async def _offers(settings: Settings, provider: Provider) -> Check:
     hardware = f"{model.gpu_count}x{model.gpu_type}"
     try:
         offers = await provider.offers(model.gpu_type, model.gpu_count, pods.max_price_per_hour)
+    except ProviderAuthError as exc:
+        return Check(f"provider {name}", False, f"{exc}: CACHEON_PODS__{name.upper()}_API_KEY")
     except PodError as exc:
         return Check(f"provider {name}", False, str(exc))
     if not offers:
@@ -214,7 +221,8 @@ async def _offers(settings: Settings, provider: Provider) -> Check:
     return Check(
         f"provider {name}",
         True,
-        f"{len(offers)} offers of {hardware}, cheapest ${cheapest:.2f}/h",
+        f"{len(offers)} offer{'s' if len(offers) > 1 else ''} of {hardware}, "
+        f"cheapest ${cheapest:.2f}/h",
     )
 
 
@@ -244,7 +252,8 @@ def _manifest(settings: Settings) -> Check:
     return Check(
         "model manifest",
         True,
-        f"{model.name}@{model.revision}: {len(files)} files, {size / 1e9:.1f} GB",
+        f"{model.name}@{model.revision}: {len(files)} file{'s' if len(files) > 1 else ''}, "
+        f"{size / 1e9:.1f} GB",
     )
 
 
