@@ -7,10 +7,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # the modules that must stay pure and type-check under mypy --strict
-PURE := cacheon/protocol.py $(wildcard cacheon/arena) $(wildcard cacheon/chain/commitments.py)
+PURE := cacheon/protocol.py $(wildcard cacheon/arena) $(wildcard cacheon/chain/commitments.py) \
+  $(wildcard cacheon/agent/correctness.py)
 TIMED := scripts/timed
 
-.PHONY: help test demo system venv lint typecheck test-unit test-services
+.PHONY: help test demo system venv lint typecheck test-unit test-services vllm-venv test-vllm
 
 help:
 	@echo "make demo   run a validator round locally on the embedded defaults"
@@ -42,12 +43,16 @@ test-unit: venv
 test-services: venv system
 	@$(TIMED) "tests: real services" scripts/pytest-group "services and not vllm"
 
-test: system venv lint typecheck test-unit test-services
+# the CPU vLLM (its own venv) and the tiny model it serves in the final, serial test phase
+vllm-venv:
+	@$(TIMED) "install vllm venv" scripts/install-vllm-venv
+	@$(TIMED) "build tiny qwen2" .venv-vllm/bin/python scripts/build_tiny_qwen2.py build/tiny-qwen2
+
+test-vllm: venv vllm-venv
+	@$(TIMED) "tests: vllm (serial)" scripts/pytest-group "vllm"
+
+test: system venv lint typecheck test-unit test-services test-vllm
 	@echo "== all phases passed"
 
-demo: venv
-	@$(BIN)/cacheon-validator config show --config config.example.toml
-	@echo
-	@echo "The effective configuration above is valid. Not built yet: the chain devnet, the arena,"
-	@echo "pod providers, the remote agent and the round loop (see the open issues); once they land"
-	@echo "this command runs a full local round."
+demo: system venv
+	@$(BIN)/python -m cacheon.testing.demo --workdir .demo

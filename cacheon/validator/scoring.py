@@ -40,6 +40,7 @@ from cacheon.protocol import (
     Outcome,
     ReasonCode,
     Role,
+    RoundReport,
 )
 from cacheon.validator.rounds import RoundResult
 from cacheon.validator.state import EvidenceKind, ScoredRound, ValidatorState, Verdict
@@ -76,6 +77,16 @@ class Scoring:
             return self._unchanged(job.round_id, reason, result.detail, voided, standings)
 
         report = result.report
+        baseline_broken = _baseline_problem(job, report)
+        if baseline_broken is not None:
+            # If the pinned baseline cannot run, nothing that failed after it can be blamed on
+            # its image: the pod or the validator's setup is at fault.
+            return self.score(
+                job,
+                RoundResult(job.round_id, None, ReasonCode.BASELINE_UNSTABLE, baseline_broken),
+                standings,
+                registered,
+            )
         sigma = pooled_sigma(self.state.noise_pairs(), self.params.sigma_floor)
         measured = measure_round(job, report, sigma)
         results = {r.key: r for r in report.results}
@@ -260,6 +271,15 @@ class Scoring:
                 )
             )
         return contenders
+
+
+def _baseline_problem(job: JobSpec, report: RoundReport) -> str | None:
+    """Why the baseline did not run cleanly in this round, or None when it did."""
+    keys = {c.key for c in job.contestants if c.role is Role.BASELINE}
+    for result in report.results:
+        if result.key in keys and result.outcome is not Outcome.PASS:
+            return f"baseline {result.key}: {result.reason}: {result.detail}"
+    return None
 
 
 def _holders(job: JobSpec) -> dict[str, Holder]:

@@ -1,0 +1,177 @@
+"""`make demo`: a full validator round on this machine, on the embedded defaults.
+
+Real services on loopback (dockerd, a registry, an sshd standing in for the GPU pod, SeaweedFS
+S3), the simulated chain with toy miners (fast, a second faster than the baseline, slow, a cheat,
+a copy of the fast one, a malformed commitment), and the real daemon, which rents the pod from a
+fake Lium, runs the agent over SSH, scores, publishes and sets weights. It ends by printing the
+leaderboard, the verdicts with their reasons, the weights on chain and where the page is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from cacheon.log import configure_logging
+from cacheon.protocol import PublicReport
+from cacheon.store.db import Database
+from cacheon.testing.fake_pods import LoopThread
+from cacheon.testing.local_arena import NETUID, LocalArena, Services
+from cacheon.testing.services import POD_SSH_USER, DockerDaemon, Registry, SeaweedS3, Sshd
+from cacheon.validator.assemble import build_parts, state_path
+from cacheon.validator.daemon import Daemon
+from cacheon.validator.leaderboard import render_leaderboard
+from cacheon.validator.publish import build_public_report
+from cacheon.validator.reasons import meaning
+
+COMMITTING = ("fast", "second", "slow", "cheat", "malformed")
+
+
+@contextmanager
+def _services(stack: ExitStack, console: Console) -> Iterator[Services]:
+    with console.status("starting dockerd, the registry, the pod's sshd and S3 on loopback"):
+        docker = DockerDaemon.start()
+        stack.callback(docker.stop)
+        registry = Registry.start()
+        stack.callback(registry.stop)
+        pod = Sshd.start(POD_SSH_USER, as_root=True, environment={"DOCKER_HOST": docker.host})
+        stack.callback(pod.stop)
+        s3 = SeaweedS3.start()
+        stack.callback(s3.stop)
+        loop = LoopThread()
+        stack.callback(loop.stop)
+    yield Services(docker, registry, pod, s3, loop)
+
+
+def run_demo(workdir: Path, console: Console, verbose: bool = False) -> PublicReport:
+    configure_logging("console", "info" if verbose else "warning", stream=sys.stderr)
+    with ExitStack() as stack, _services(stack, console) as services:
+        return run_demo_on(services, workdir, console)
+
+
+def run_demo_on(services: Services, workdir: Path, console: Console) -> PublicReport:
+    """The demo over running services (the test suite passes its own)."""
+    with ExitStack() as stack:
+        with console.status("building toy miner images and the local chain"):
+            arena = LocalArena.create(workdir, services)
+            stack.callback(arena.close)
+            arena.commit(*COMMITTING)
+            arena.commit("copycat")  # a block later: the same digest as `fast`
+        settings = arena.settings()
+        db = Database.open(state_path(settings))
+        stack.callback(db.close)
+        daemon = Daemon(settings, build_parts(settings, db))
+        with console.status(
+            "the validator runs a round: rent the pod, bootstrap the agent, measure"
+        ):
+            asyncio.run(_one_pass(daemon))
+        chain = arena.devnet
+        rounds = daemon.state.rounds(limit=1)
+        report = build_public_report(
+            daemon.state,
+            params=daemon.params,
+            validator_hotkey=daemon.hotkey,
+            evaluation_version=daemon.version,
+            netuid=NETUID,
+            block=chain.head(),
+            uids={p.hotkey: p.uid for p in arena.participants.values()},
+            last_round=rounds[0] if rounds else None,
+        )
+        row = chain.weights(NETUID, chain.head()).get(arena.validator.uid, [])
+        _print(console, arena, report, row)
+        (workdir / "report.json").write_text(report.model_dump_json(indent=1))
+        page = workdir / "leaderboard.html"
+        page.write_text(render_leaderboard(report))
+        console.print(
+            f"\nThe leaderboard page: {page} (the daemon publishes it to S3 beside "
+            f"cacheon/public/latest.json, and `cacheon-validator run` serves it on "
+            f"http://{settings.web.host}:{settings.web.port}/)"
+        )
+        return report
+
+
+async def _one_pass(daemon: Daemon) -> None:
+    await daemon.parts.leases.start()
+    await daemon.recover()
+    await daemon.cycle()
+    await daemon.parts.leases.close()
+    await daemon.parts.chain.close()
+
+
+def _print(
+    console: Console, arena: LocalArena, report: PublicReport, row: list[tuple[int, int]]
+) -> None:
+    names = {p.hotkey: name for name, p in arena.participants.items()}
+    board = Table(title="Leaderboard (speed against the vLLM baseline stand-in)")
+    for column in ("place", "miner", "uid", "speed ratio", "bounds", "launches"):
+        board.add_column(column)
+    for place, standing in (("leader", report.leader), ("runner-up", report.runner_up)):
+        if standing is None:
+            board.add_row(place, "-", "", "", "", "")
+            continue
+        ratio = f"x{standing.speed_ratio:.3f}" if standing.speed_ratio else "?"
+        bounds = (
+            f"x{standing.ratio_low:.3f} .. x{standing.ratio_high:.3f}"
+            if standing.ratio_low and standing.ratio_high
+            else ""
+        )
+        board.add_row(
+            place, names.get(standing.hotkey, standing.hotkey[:10]), str(standing.uid), ratio,
+            bounds, str(standing.launches),
+        )  # fmt: skip
+    console.print(board)
+
+    verdicts = Table(title="Verdicts")
+    for column in ("miner", "outcome", "reason", "what it means"):
+        verdicts.add_column(column)
+    seen = set()
+    for v in report.verdicts:
+        if v.hotkey in seen:
+            continue
+        seen.add(v.hotkey)
+        reason = v.reason.value if v.reason else ""
+        verdicts.add_row(
+            names.get(v.hotkey, v.hotkey[:10]), v.outcome.value, reason,
+            meaning(v.reason, v.outcome),
+        )  # fmt: skip
+    console.print(verdicts)
+
+    weights = Table(title=f"Weights set on chain by the validator (uid {arena.validator.uid})")
+    weights.add_column("uid")
+    weights.add_column("miner")
+    weights.add_column("u16")
+    weights.add_column("share")
+    total = sum(w for _, w in row) or 1
+    by_uid = {p.uid: name for name, p in arena.participants.items()}
+    for uid, weight in sorted(row):
+        weights.add_row(
+            str(uid), by_uid.get(uid, "owner (burn)"), str(weight), f"{weight / total:.3f}"
+        )
+    console.print(weights)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cacheon-demo", description=__doc__)
+    parser.add_argument("--workdir", type=Path, help="keep the demo's files here (default: temp)")
+    parser.add_argument("--verbose", action="store_true", help="show the daemon's logs")
+    args = parser.parse_args(argv)
+    console = Console()
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="cacheon-demo-"))).resolve()
+    if args.workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+    report = run_demo(workdir, console, args.verbose)
+    return 0 if report.leader is not None else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""`make demo`'s path, headless: the same code over the suite's services."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from cacheon.protocol import ReasonCode
+from cacheon.testing.demo import run_demo_on
+from cacheon.testing.fake_pods import LoopThread
+from cacheon.testing.local_arena import Services
+from cacheon.testing.services import DockerDaemon, Registry, SeaweedS3, Sshd
+
+
+@pytest.fixture
+def services(
+    docker_daemon: DockerDaemon, registry: Registry, pod_sshd: Sshd, s3: SeaweedS3
+) -> Iterator[Services]:
+    loop = LoopThread()
+    try:
+        yield Services(docker_daemon, registry, pod_sshd, s3, loop)
+    finally:
+        loop.stop()
+
+
+def test_demo_prints_leaderboard_verdicts_and_weights(services: Services, tmp_path: Path) -> None:
+    out = io.StringIO()
+    report = run_demo_on(services, tmp_path, Console(file=out, width=120))
+    printed = out.getvalue()
+    assert report.leader is not None
+    assert report.runner_up is not None
+    for reason in (ReasonCode.CROWNED, ReasonCode.COPY_OF, ReasonCode.BAD_COMMITMENT):
+        assert reason.value in printed
+    assert "0.800" in printed
+    assert "0.200" in printed
+    page = (tmp_path / "leaderboard.html").read_text()
+    assert report.leader.hotkey in page
