@@ -28,7 +28,7 @@ from typing import Protocol
 
 import docker
 
-from cacheon.agent import metrics
+from cacheon.agent import gatepass, metrics
 from cacheon.agent.hardware import read_gpus
 from cacheon.agent.loadgen import BlockResult, LoadGenerator, Measured, WorkerLost, workers_for
 from cacheon.agent.runtime import (
@@ -39,6 +39,7 @@ from cacheon.agent.runtime import (
     Server,
     ServerSpec,
 )
+from cacheon.agent.teacher import Messages
 from cacheon.agent.workload import Prompt, PromptSource, Purpose
 from cacheon.log import get_logger
 from cacheon.protocol import (
@@ -127,13 +128,20 @@ class RoundRunner:
         self.enforced: dict[str, str] = {}
         self._pulls: dict[str, asyncio.Task[ImageFacts]] = {}
         self.log_dir = ctx.job_dir / "logs"
+        self.runs: list[_LaunchRun] = []
+        baselines = [
+            i for i, k in enumerate(spec.launch_order) if contestants[k].role is Role.BASELINE
+        ]
+        self.scoring_index = baselines[-1] if baselines else None
+        """The last baseline launch (B') scores every contestant's outputs (DESIGN.md §4.4)."""
+        self.verdicts: dict[str, gatepass.Verdict] | None = None
 
     async def run(self) -> RoundReport:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         removed = await self.runtime.remove_leftovers()
         if removed:
             log.warning("removed leftover servers", count=removed)
-        runs: list[_LaunchRun] = []
+        runs = self.runs
         order = self.spec.launch_order
         try:
             for index, key in enumerate(order):
@@ -177,6 +185,9 @@ class RoundRunner:
                 if not self.enforced:
                     self.enforced = await server.enforced_limits()
                 await self._measure(server, run)
+                if index == self.scoring_index:
+                    run.ended_ns = time.perf_counter_ns()  # scoring is not part of its timing
+                    await self._score(server, run)
             except (WorkerLost, OSError) as lost:  # ours, unless the server died under it
                 raise await _blame(
                     server, LaunchFault(ReasonCode.AGENT_FAILED, str(lost))
@@ -193,8 +204,33 @@ class RoundRunner:
             self.ctx.emit(
                 Phase.FAILED, contestant=key, launch=index, error=f"{fault.reason}: {detail}"
             )
-        run.ended_ns = time.perf_counter_ns()
+        run.ended_ns = run.ended_ns or time.perf_counter_ns()
         return run
+
+    async def _score(self, server: Server, scorer: _LaunchRun) -> None:
+        self.ctx.emit(Phase.SCORE, contestant=scorer.key, launch=scorer.index)
+        messages: dict[str, Messages] = {}
+        outputs = [
+            gatepass.launch_outputs(
+                r.index,
+                r.key,
+                self.contestants[r.key].role,
+                r.blocks,
+                prompts_of=self._block,
+                messages=messages,
+            )
+            for r in [*self.runs, scorer]
+            if r.fault is None
+        ]
+        self.verdicts = await gatepass.correctness_pass(
+            server.target,
+            outputs,
+            model=self.spec.served_model_name,
+            model_dir=Path(self.spec.model_path),
+            prompts=messages,
+            thresholds=self.spec.gate,
+            seed=self.spec.seed,
+        )
 
     async def _measure(self, server: Server, run: _LaunchRun) -> None:
         workload = self.spec.workload
@@ -297,6 +333,16 @@ class RoundRunner:
 
     def _result(self, key: str) -> ContestantResult:
         fault = self.failed.get(key)
+        if fault is None and self.contestants[key].role is not Role.BASELINE:
+            verdict = self._verdict(key)
+            return ContestantResult(
+                key=key,
+                image=self.facts.get(key),
+                outcome=verdict.outcome,
+                reason=verdict.reason,
+                detail=verdict.detail[-DETAIL_CHARS:],
+                copy_of=verdict.copy_of,
+            )
         if fault is None:
             return ContestantResult(key=key, image=self.facts.get(key), outcome=Outcome.PASS)
         outcome = Outcome.NO_DECISION if fault.reason in _NOT_THE_CONTESTANT else Outcome.FAIL
@@ -306,6 +352,18 @@ class RoundRunner:
             outcome=outcome,
             reason=fault.reason,
             detail=fault.detail[-DETAIL_CHARS:],
+        )
+
+    def _verdict(self, key: str) -> gatepass.Verdict:
+        if self.verdicts is None:  # no baseline launch scored: correctness is undecided
+            return gatepass.Verdict(
+                Outcome.NO_DECISION, ReasonCode.BASELINE_UNSTABLE, "no baseline launch scored"
+            )
+        return self.verdicts.get(
+            key,
+            gatepass.Verdict(
+                Outcome.NO_DECISION, ReasonCode.BASELINE_UNSTABLE, "measured after B' scored"
+            ),
         )
 
     def _trace(self, run: _LaunchRun, launch: Launch) -> list[TraceRecord]:

@@ -9,6 +9,11 @@ over SSH:
     cacheon-agent check                         the pod's GPUs and docker engine, as JSON
     cacheon-agent fetch_model --plan FILE       fetch and verify the model; progress JSON lines
 
+and an operator runs, against a baseline already serving (DESIGN.md §4.4):
+
+    cacheon-agent calibrate --url URL [--url URL2 ...] --model NAME --model-dir DIR
+                                                the baseline's self-drift and suggested thresholds
+
 Exit codes: 0 success, 1 the command failed, 2 bad usage or bad input (nothing started).
 """
 
@@ -44,7 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("check", help="report the pod's GPUs and docker engine as JSON")
     fetch = commands.add_parser("fetch_model", help="fetch and verify the model weights")
     fetch.add_argument("--plan", type=Path, required=True, help="the FetchPlan file")
+    _add_calibrate(commands)
     return parser
+
+
+def _add_calibrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    calibrate = commands.add_parser(
+        "calibrate", help="measure the baseline's drift against itself and suggest gate thresholds"
+    )
+    calibrate.add_argument(
+        "--url",
+        action="append",
+        required=True,
+        help="a baseline instance (repeat for other batch settings); the first one scores",
+    )
+    calibrate.add_argument("--model", required=True, help="the served model name")
+    calibrate.add_argument(
+        "--model-dir", type=Path, required=True, help="the model, for its EOS token ids"
+    )
+    calibrate.add_argument(
+        "--concurrency",
+        type=lambda text: tuple(int(c) for c in text.split(",")),
+        default=(1, 16, 64),
+        help="comma-separated concurrency levels (default 1,16,64)",
+    )
+    calibrate.add_argument("--prompts", type=int, default=64, help="prompts per setting")
+    calibrate.add_argument("--max-tokens", type=int, default=256)
+    calibrate.add_argument("--max-model-len", type=int, required=True)
+    calibrate.add_argument("--seed", default="calibrate", help="seed of the prompts")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "refresh_urls": _refresh_urls,
         "check": _check,
         "fetch_model": _fetch_model,
+        "calibrate": _calibrate,
     }
     return handlers[args.command](args)
 
@@ -135,6 +168,32 @@ def _fetch_model(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"{plan.dest}: {exc}", EXIT_FAILED)
     print(json.dumps({"fetched": result.fetched, "cached": result.cached}), flush=True)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from cacheon.agent.calibrate import CalibrationError, calibrate, render
+    from cacheon.agent.teacher import BaselineError
+    from cacheon.protocol import GateThresholds
+
+    try:
+        result = asyncio.run(
+            calibrate(
+                args.url,
+                args.model,
+                args.model_dir,
+                concurrencies=args.concurrency,
+                prompts=args.prompts,
+                max_tokens=args.max_tokens,
+                max_model_len=args.max_model_len,
+                seed=args.seed,
+                thresholds=GateThresholds(),
+            )
+        )
+    except (CalibrationError, BaselineError) as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    print(render(result))
+    print(result.suggested.model_dump_json(), flush=True)
     return 0
 
 

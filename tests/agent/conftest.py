@@ -23,6 +23,7 @@ def model_dir(tmp_path: Path) -> Path:
     path = tmp_path / "model"
     path.mkdir()
     (path / "tokenizer_config.json").write_text('{"chat_template": "toy"}')
+    (path / "generation_config.json").write_text('{"eos_token_id": 0}')  # the toy's EOS
     return path
 
 
