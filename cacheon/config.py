@@ -61,6 +61,9 @@ class ValidatorSettings(_Section):
     """No new block for this long: reconnect; for as long again: exit non-zero (systemd restarts)."""
     sweep_interval_s: float = Field(default=300.0, gt=0)
     """How often the orphan-pod sweep and the idle-pod release run."""
+    standings_url: str | None = None
+    """A public report to take standings from when the database is empty and our own bucket
+    has none (another validator's `public/latest.json`)."""
 
 
 class ArenaSettings(_Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,6 @@ from cacheon.testing.toy_image import push_toy_image
 from cacheon.testing.toy_server import EOS, Fault, Knobs, Speed
 
 NETUID = 14
-BUCKET = "cacheon"
 MODEL = "cacheon/toy-model"
 REVISION = "r1"
 MODEL_FILES = {
@@ -92,6 +92,8 @@ class LocalArena:
     participants: dict[str, Participant]
     images: dict[str, str]
     baseline_image: str
+    bucket: str
+    """Its own bucket: the S3 server may be shared with other arenas (a test session)."""
     miners: tuple[ToyMiner, ...] = TOY_MINERS
 
     @classmethod
@@ -136,7 +138,8 @@ class LocalArena:
         for miner in miners:
             if miner.copy_of is not None:
                 images[miner.name] = _copy(services, images[miner.copy_of], miner.name)
-        _mirror_model(services.s3, root)
+        bucket = f"cacheon-{secrets.token_hex(4)}"
+        _mirror_model(services.s3, bucket, root)
         init_key(root / "keys" / "pod_ed25519")
         pod = services.pod
         lium = FakeLium(
@@ -152,7 +155,17 @@ class LocalArena:
         )
         services.loop.run(lium.start())
         return cls(
-            root, services, devnet, lium, owner, validator, participants, images, baseline, miners
+            root,
+            services,
+            devnet,
+            lium,
+            owner,
+            validator,
+            participants,
+            images,
+            baseline,
+            bucket,
+            miners,
         )
 
     def close(self) -> None:
@@ -231,7 +244,7 @@ class LocalArena:
             },
             "s3": {
                 "endpoint_url": s3.endpoint_url,
-                "bucket": BUCKET,
+                "bucket": self.bucket,
                 "access_key_id": s3.access_key,
                 "path_style": True,
             },
@@ -301,12 +314,12 @@ def _copy(services: Services, source: str, name: str) -> str:
         client.close()
 
 
-def _mirror_model(s3: SeaweedS3, root: Path) -> None:
+def _mirror_model(s3: SeaweedS3, bucket: str, root: Path) -> None:
     client = s3.client()
-    client.create_bucket(Bucket=BUCKET)
+    client.create_bucket(Bucket=bucket)
     files = {}
     for path, data in MODEL_FILES.items():
-        client.put_object(Bucket=BUCKET, Key=f"models/{MODEL}/{REVISION}/{path}", Body=data)
+        client.put_object(Bucket=bucket, Key=f"models/{MODEL}/{REVISION}/{path}", Body=data)
         files[path] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
     (root / "model-manifest.json").write_text(json.dumps({"files": files}, indent=1))
 

@@ -33,6 +33,7 @@ from cacheon.validator.evaluation import arena_params, evaluation_version, valid
 from cacheon.validator.leaderboard import publish_leaderboard
 from cacheon.validator.poll import ManifestFetcher, Poller
 from cacheon.validator.publish import build_public_report
+from cacheon.validator.restore import restore_standings
 from cacheon.validator.rounds import RoundPlan, RoundResult, RoundRunner, plan_round
 from cacheon.validator.scoring import Scoring
 from cacheon.validator.state import RoundRecord, RoundState, ValidatorState
@@ -131,6 +132,13 @@ class Daemon:
             sweep = await self.parts.leases.start()
             log.info("startup sweep", report=str(sweep))
             await self.recover()
+            await restore_standings(
+                self.state,
+                self.parts.store,
+                netuid=self.settings.chain.netuid,
+                evaluation_version=self.version,
+                url=self.settings.validator.standings_url,
+            )
             while not self.stopping.is_set():
                 await self.cycle()
                 self.loop_alive_at = time.time()

@@ -7,7 +7,7 @@ import json
 
 from cacheon.protocol import Outcome, PublicReport, ReasonCode
 from cacheon.store.db import Database
-from cacheon.testing.local_arena import BUCKET, NETUID, LocalArena
+from cacheon.testing.local_arena import NETUID, LocalArena
 from cacheon.validator.assemble import build_parts, state_path
 from cacheon.validator.daemon import Daemon
 
@@ -53,7 +53,7 @@ def test_a_round_crowns_the_fastest_and_pays_0_8_0_2(local_arena: LocalArena) ->
         assert abs(ours[second] / ours[fast] - 0.25) < 0.001  # 0.2 / 0.8 after u16 scaling
 
         body = arena.services.s3.client().get_object(
-            Bucket=BUCKET, Key="cacheon/public/latest.json"
+            Bucket=arena.bucket, Key="cacheon/public/latest.json"
         )
         report = PublicReport.model_validate(json.loads(body["Body"].read()))
         assert report.leader is not None
