@@ -154,8 +154,8 @@ async def drive_job(
         on_started(job)
     expiry = min((slot.expires_at for slot in spec.uploads), default=float("inf"))
     return await _follow(
-        connect, session, install, job, new_slots, expiry, spec.round_deadline_s,
-        on_event, reconnect_within_s,
+        connect, session, install, job, new_slots=new_slots, expiry=expiry,
+        deadline_s=spec.round_deadline_s, on_event=on_event, reconnect_within_s=reconnect_within_s,
     )  # fmt: skip
 
 
@@ -177,8 +177,9 @@ async def resume_job(
         await refresh_urls(session, install, job, slots)
     expiry = min((slot.expires_at for slot in slots), default=float("inf"))
     outcome = await _follow(
-        connect, session, install, job, new_slots, expiry, deadline_s, on_event, reconnect_within_s
-    )
+        connect, session, install, job, new_slots=new_slots, expiry=expiry,
+        deadline_s=deadline_s, on_event=on_event, reconnect_within_s=reconnect_within_s,
+    )  # fmt: skip
     outcome.reattached += 1
     return outcome
 
@@ -188,6 +189,7 @@ async def _follow(
     session: SshSession,
     install: AgentInstall,
     job: RemoteJob,
+    *,
     new_slots: SlotMaker,
     expiry: float,
     deadline_s: float,
