@@ -48,9 +48,8 @@ async def run_checks(settings: Settings) -> list[Check]:
     """Every check, in a fixed order; the slow ones (network) run concurrently."""
     wallet, hotkey = _wallet(settings)
     endpoints = _endpoints(settings.chain)
-    state_of = _read_state(settings.chain)
     found = await asyncio.gather(
-        state_of,
+        _read_state(settings.chain),
         asyncio.gather(*(_endpoint(settings.chain, e, name) for e, name in endpoints)),
         asyncio.to_thread(_s3, settings.s3),
         _providers(settings),
@@ -64,6 +63,7 @@ async def run_checks(settings: Settings) -> list[Check]:
         *provider_checks,
         _ssh_key(settings),
         _manifest(settings),
+        # the thresholds the daemon runs with (`Daemon.gate`): no calibrated set is loaded yet
         calibration(settings, GateThresholds()),
     ]
 
