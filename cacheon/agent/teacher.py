@@ -8,9 +8,10 @@ the prompt's messages into ids exactly as the baseline's chat template does, and
 an EOS token is judged). The pure checks live in `correctness.py`.
 
 Cost: vLLM returns prompt_logprobs for every prompt position, about 1.5 kB of JSON per position,
-built in Python on the server. On the CPU engine that is ~0.4 ms of server time and ~15 µs of
-client parsing per position, so responses to prompts longer than `score_prompt_cap` tokens are
-scored on a seeded sample (`select_scored`), and `Cost` reports what scoring took.
+built in Python on the server. Measured on the CPU engine (2 cores): 0.3-0.9 ms of request time
+and 8-16 µs of client parsing per position, so responses to prompts longer than
+`score_prompt_cap` tokens are scored on a seeded sample (`select_scored`), and `Cost` reports
+what scoring took (the round logs it).
 
 Errors: `BaselineError` when the baseline does not answer well after retries. That is never the
 contestant's fault (the round reports NO_DECISION, baseline_unstable).
