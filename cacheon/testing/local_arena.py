@@ -61,15 +61,16 @@ class ToyMiner:
 
 
 TOY_MINERS: tuple[ToyMiner, ...] = (
-    ToyMiner("fast", Knobs(speed=Speed(ttft_s=0.02, token_s=0.01))),
-    ToyMiner("second", Knobs(speed=Speed(ttft_s=0.028, token_s=0.014))),
-    ToyMiner("slow", Knobs(speed=Speed(ttft_s=0.08, token_s=0.04))),
-    ToyMiner("cheat", Knobs(speed=Speed(ttft_s=0.01, token_s=0.005), fault=Fault.WRONG_MODEL)),
+    # coarse speeds (per token: baseline 40 ms) so the ranking holds on two busy cores
+    ToyMiner("fast", Knobs(speed=Speed(ttft_s=0.04, token_s=0.02))),
+    ToyMiner("second", Knobs(speed=Speed(ttft_s=0.056, token_s=0.028))),
+    ToyMiner("slow", Knobs(speed=Speed(ttft_s=0.16, token_s=0.08))),
+    ToyMiner("cheat", Knobs(speed=Speed(ttft_s=0.02, token_s=0.01), fault=Fault.WRONG_MODEL)),
     ToyMiner("malformed", commitment="cacheon/1 docker.io/someone/server:latest"),
     ToyMiner("copycat", copy_of="fast"),
-    ToyMiner("late", Knobs(speed=Speed(ttft_s=0.024, token_s=0.012))),
+    ToyMiner("late", Knobs(speed=Speed(ttft_s=0.048, token_s=0.024))),
 )
-BASELINE_KNOBS = Knobs(speed=Speed(ttft_s=0.04, token_s=0.02))
+BASELINE_KNOBS = Knobs(speed=Speed(ttft_s=0.08, token_s=0.04))
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,15 @@ def test_registry_push_and_pull_by_digest(docker_daemon: DockerDaemon, registry:
         client.images.remove(f"{registry.host}/smoke/busybox:latest", force=True)
         image = client.images.pull(ref)
         assert ref in image.attrs["RepoDigests"]
-        output = client.containers.run(ref, ["cat", "/etc/smoke"], network_mode="none", remove=True)
-        assert output == b"1"
+        # detach then wait: run(remove=True) can lose the output of a container that exits at once
+        container = client.containers.run(
+            ref, ["cat", "/etc/smoke"], network_mode="none", detach=True
+        )
+        try:
+            assert container.wait(timeout=60)["StatusCode"] == 0
+            assert container.logs() == b"1"
+        finally:
+            container.remove(force=True)
     finally:
         client.close()
 
