@@ -31,7 +31,7 @@ from cacheon.store.db import Database
 from cacheon.store.objects import ObjectStore, ObjectStoreError
 from cacheon.validator.evaluation import arena_params, evaluation_version, validator_secret
 from cacheon.validator.leaderboard import publish_leaderboard
-from cacheon.validator.poll import Poller
+from cacheon.validator.poll import ManifestFetcher, Poller
 from cacheon.validator.publish import build_public_report
 from cacheon.validator.restore import restore_standings
 from cacheon.validator.rounds import RoundPlan, RoundResult, RoundRunner, plan_round
@@ -75,6 +75,7 @@ class Parts:
     wallet: bt.Wallet
     leases: PodLeases
     store: ObjectStore
+    fetch_manifest: ManifestFetcher | None = None
 
 
 class Daemon:
@@ -95,7 +96,8 @@ class Daemon:
         self.gate = GateThresholds()
         self.version = evaluation_version(settings, self.workload, self.gate)
         self.baseline = Digest(settings.model.baseline_image.rpartition("@")[2])
-        self.poller = Poller(parts.chain, self.state, settings, self.version)
+        poller_args = {} if parts.fetch_manifest is None else {"fetch": parts.fetch_manifest}
+        self.poller = Poller(parts.chain, self.state, settings, self.version, **poller_args)
         self.runner = RoundRunner(
             settings, db=parts.db, state=self.state, leases=parts.leases, store=parts.store
         )
