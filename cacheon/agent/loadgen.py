@@ -336,6 +336,12 @@ class _Worker:
                                 ReasonCode.BAD_RESPONSE, f"HTTP {response.status}: {text}"
                             ),
                         )
+                    if response.content_type != "text/event-stream":
+                        fault = ResponseFault(
+                            ReasonCode.BAD_RESPONSE,
+                            f"content-type {response.content_type!r}, not text/event-stream",
+                        )
+                        return sent, events, fault
                     await _read_events(response, events, max_tokens)
         except TimeoutError:
             fault = ResponseFault(

@@ -19,6 +19,7 @@ from cacheon.protocol import ReasonCode
 
 TOKEN_PREFIX = "token_id:"  # noqa: S105 (a wire prefix, not a password)
 DONE = b"[DONE]"
+MAX_TOKEN_ID_DIGITS = 12
 
 
 class ResponseFault(Exception):
@@ -164,7 +165,9 @@ def _token(entry: object) -> tuple[int, float, tuple[tuple[int, float], ...]]:
 def _token_id(token: object) -> int:
     if isinstance(token, str) and token.startswith(TOKEN_PREFIX):
         digits = token[len(TOKEN_PREFIX) :]
-        if digits.isdigit():
+        # ASCII only and bounded: `int` refuses '²' (which `isdigit` accepts) and over 4300
+        # digits with a ValueError that would kill the load worker and void the round
+        if digits.isascii() and digits.isdigit() and len(digits) <= MAX_TOKEN_ID_DIGITS:
             return int(digits)
     raise ResponseFault(ReasonCode.CONFORMANCE, f"token {str(token)[:40]!r} is not `token_id:<id>`")
 

@@ -35,6 +35,11 @@ from typing import Any
 EOS = 0
 """The end-of-sequence token id; `finish_reason` is `stop` when the model picks it."""
 TOP_LOGPROBS = 5
+LATER_CRASH_AT = 100
+"""The chat request on which a CRASH_LATER server exits."""
+LATER_ERRORS_FROM = 50
+"""The first chat request an HTTP_500_LATER server answers with 500."""
+_SSE = "text/event-stream"
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,11 @@ class Fault(StrEnum):
     CRASH = "crash"  # exits on the first chat request
     NEVER_HEALTHY = "never_healthy"  # /health answers 503 forever
     OOM = "oom"  # allocates memory without bound on the first chat request
+    HANG_MID_STREAM = "hang_mid_stream"  # a few tokens, then silence on an open connection
+    INVALID_UTF8 = "invalid_utf8"  # a few tokens, then an event whose bytes are not UTF-8
+    WRONG_CONTENT_TYPE = "wrong_content_type"  # the stream labelled application/json
+    HTTP_500_LATER = "http_500_later"  # the 50th chat request and every later one answer 500
+    CRASH_LATER = "crash_later"  # exits on the 100th chat request
 
 
 class Cheat(StrEnum):
@@ -412,7 +422,13 @@ class ToyServer:
         max_tokens = int(body.get("max_tokens") or 16)
         prompt = self.lm.chat_prompt(body["messages"])
         self.counter += 1
-        stream = _Stream(writer, f"chatcmpl-{self.counter}", self._model_in_reply())
+        if fault is Fault.CRASH_LATER and self.counter >= LATER_CRASH_AT:
+            os._exit(3)
+        if fault is Fault.HTTP_500_LATER and self.counter >= LATER_ERRORS_FROM:
+            await _send_json(writer, 500, {"error": {"message": "internal server error"}})
+            return
+        content_type = "application/json" if fault is Fault.WRONG_CONTENT_TYPE else _SSE
+        stream = _Stream(writer, f"chatcmpl-{self.counter}", self._model_in_reply(), content_type)
         await stream.start()
         if fault is Fault.SLOW_DRIP:
             while True:
@@ -448,6 +464,10 @@ class ToyServer:
             if fault is Fault.MALFORMED_SSE and start >= 3:
                 await stream.raw(b'data: {"choices": [{"delta": \n\n')
                 return
+            if fault is Fault.HANG_MID_STREAM and start >= 3:
+                await asyncio.Event().wait()
+            if fault is Fault.INVALID_UTF8 and start >= 3:
+                await stream.raw(b'data: {"choices": [{"delta": {"content": "\xff\xfe"}}]}\n\n')
             if fault is Fault.CONNECTION_RESET and start >= 3:
                 stream.reset()
                 return
@@ -481,7 +501,10 @@ async def _sleep_until(due: float) -> None:
 class _Stream:
     """One chunked `text/event-stream` response in the shape vLLM streams chat chunks."""
 
-    def __init__(self, writer: asyncio.StreamWriter, ident: str, model: str) -> None:
+    def __init__(
+        self, writer: asyncio.StreamWriter, ident: str, model: str, content_type: str = ""
+    ) -> None:
+        self.content_type = content_type or _SSE
         self.writer = writer
         self.ident = ident
         self.model = model
@@ -490,8 +513,9 @@ class _Stream:
 
     async def start(self) -> None:
         self.writer.write(
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\n"
             b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+            % self.content_type.encode()
         )
         await self.writer.drain()
 
@@ -552,7 +576,13 @@ class _Stream:
 
 async def _send_json(writer: asyncio.StreamWriter, status: int, body: dict[str, Any]) -> None:
     data = json.dumps(body).encode()
-    reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 503: "Service Unavailable"}[status]
+    reason = {
+        200: "OK",
+        400: "Bad Request",
+        404: "Not Found",
+        500: "Internal Server Error",
+        503: "Service Unavailable",
+    }[status]
     writer.write(
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(data)}\r\n\r\n".encode()
