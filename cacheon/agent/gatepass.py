@@ -22,7 +22,13 @@ from pathlib import Path
 
 import aiohttp
 
-from cacheon.agent.correctness import Response, ResponseScore, behavioural_copy_share, judge
+from cacheon.agent.correctness import (
+    GateResult,
+    Response,
+    ResponseScore,
+    behavioural_copy_share,
+    judge,
+)
 from cacheon.agent.loadgen import BlockResult, Target, join_network_namespace
 from cacheon.agent.teacher import (
     BaselineError,
@@ -56,6 +62,8 @@ class Verdict:
     reason: ReasonCode | None = None
     detail: str = ""
     copy_of: str | None = None
+    gate: GateResult | None = None
+    """The gate's numbers behind the verdict, for `cacheon-miner check` to show each check."""
 
 
 def launch_outputs(
@@ -191,5 +199,5 @@ def _verdicts(
             share = behavioural_copy_share(launch.responses, leader.responses)
             copy_of = leader.key if share >= thresholds.copy_share else None
         detail = f"launch {launch.index}: {result.detail}" if result.reason else ""
-        verdicts[launch.key] = Verdict(result.outcome, result.reason, detail, copy_of)
+        verdicts[launch.key] = Verdict(result.outcome, result.reason, detail, copy_of, result)
     return verdicts

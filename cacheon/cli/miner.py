@@ -1,4 +1,4 @@
-"""`cacheon-miner`: what a miner runs to commit an image and check on it.
+"""`cacheon-miner`: what a miner runs to check an image locally, commit it and follow it.
 
 Everything a validator will check about a commitment is checked here first, with the same code
 (the commitment parser, and optionally the registry pre-screen), so a miner learns of a mistake
@@ -28,6 +28,7 @@ from cacheon.chain.errors import ChainFailure, NotRegistered, QuotaExceeded
 from cacheon.chain.firstseen import holders_on_chain
 from cacheon.chain.registry import RegistryProblem, fetch_manifest
 from cacheon.chain.weights import hotkey_address
+from cacheon.cli import check
 from cacheon.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -35,6 +36,7 @@ from cacheon.cli.common import (
     load_or_exit,
     make_parser,
 )
+from cacheon.cli.report_status import ReportUnavailable, fetch_report, render_report
 from cacheon.config import Settings
 from cacheon.log import configure_logging
 
@@ -64,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="first check with the registry that the digest exists and has linux/amd64",
     )
     add_settings_arguments(commit)
-    status = commands.add_parser("status", help="show your hotkey's commitment as the chain has it")
+    status = commands.add_parser(
+        "status", help="your hotkey's commitment on chain, and its standing in a validator's report"
+    )
+    status.add_argument(
+        "--report-url", metavar="URL", help="a validator's public report (public/latest.json)"
+    )
     add_settings_arguments(status)
+    check.add_parser(commands)
     return parser
 
 
@@ -80,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "commit":
             asyncio.run(_commit(settings, args.image, args.yes, args.check_registry))
+        elif args.command == "check":
+            return asyncio.run(check.check(settings, args, out))
         else:
-            asyncio.run(_status(settings))
-    except Failed as exc:
+            asyncio.run(_status(settings, args.report_url))
+    except (Failed, check.CheckFailed) as exc:
         err.print(f"error: {exc}", highlight=False, soft_wrap=True)
         return exc.code
     except KeyboardInterrupt:
@@ -165,8 +175,18 @@ async def _commit(settings: Settings, text: str, yes: bool, check_registry: bool
     )
 
 
-async def _status(settings: Settings) -> None:
+async def _status(settings: Settings, report_url: str | None) -> None:
     _, hotkey = _wallet(settings)
+    await _chain_status(settings, hotkey)
+    if report_url is not None:
+        try:
+            report = await fetch_report(report_url)
+        except ReportUnavailable as exc:
+            raise Failed(str(exc)) from None
+        render_report(report, hotkey, out)
+
+
+async def _chain_status(settings: Settings, hotkey: str) -> None:
     netuid = settings.chain.netuid
     allowlist = settings.arena.registry_allowlist
     try:

@@ -1,0 +1,230 @@
+"""`cacheon-miner check`: the validator's yardstick on the miner's own machine.
+
+It pre-screens the image as a validator's poll does, runs the validator's round locally (the
+baseline, the image, the leader when given, bookended), and scores the report with the
+validator's own rules, then prints the verdict a validator would reach with every number behind
+it. `--server URL` checks a server that is already running instead of an image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+import docker.errors
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+from cacheon.agent.check import (
+    CONTESTANT,
+    CheckPlan,
+    CheckRun,
+    attached_image,
+    local_runtime,
+    run_check,
+    write_trace,
+)
+from cacheon.cli import check_render as render
+from cacheon.cli.check_prescreen import Prescreen, prescreen
+from cacheon.cli.check_verdict import local_verdict
+from cacheon.cli.common import EXIT_FAILED, EXIT_USAGE, add_settings_arguments
+from cacheon.config import Settings
+from cacheon.protocol import (
+    GateThresholds,
+    JobSpec,
+    Outcome,
+    Phase,
+    TraceRecord,
+    TraceRef,
+    Workload,
+)
+from cacheon.validator.evaluation import arena_params
+
+_HEX = re.compile(r"^[0-9a-f]{1,128}$")
+
+
+class CheckFailed(Exception):
+    """The check could not run; one line a miner can act on, and the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    check = commands.add_parser(
+        "check",
+        help="run the validator's round on IMAGE locally and print the verdict it would get",
+    )
+    check.add_argument("image", metavar="IMAGE", nargs="?", help="<registry>/<repo>@sha256:<hex>")
+    check.add_argument("--server", metavar="URL", help="check a server already running at URL")
+    check.add_argument("--baseline", metavar="IMAGE", help="default: model.baseline_image")
+    check.add_argument("--baseline-server", metavar="URL", help="a baseline already running")
+    check.add_argument("--leader", metavar="IMAGE", help="the current leader's image, to compare")
+    check.add_argument("--seed", metavar="HEX", help="the round's seed (default: random)")
+    check.add_argument(
+        "--model-path", metavar="DIR", required=True, type=Path, help="the model's files"
+    )
+    check.add_argument(
+        "--sigma",
+        type=float,
+        help="launch noise sigma_L, log scale (a validator's published launch_noise)",
+    )
+    check.add_argument(
+        "--out", metavar="DIR", type=Path, default=Path("cacheon-check"), help="report and logs"
+    )
+    add_settings_arguments(check)
+
+
+def plan(settings: Settings, args: argparse.Namespace) -> tuple[CheckPlan, dict[str, str]]:
+    """The check's plan and the attached servers' URLs by their image names."""
+    urls: dict[str, str] = {}
+    if (args.image is None) == (args.server is None):
+        raise CheckFailed("give exactly one of IMAGE or --server URL", EXIT_USAGE)
+    image = args.image
+    if args.server is not None:
+        image = attached_image(args.server)
+        urls[image] = args.server
+    baseline = args.baseline or settings.model.baseline_image
+    if args.baseline_server is not None:
+        baseline = attached_image(args.baseline_server)
+        urls[baseline] = args.baseline_server
+    if not args.model_path.is_dir():
+        raise CheckFailed(
+            f"--model-path {args.model_path}: not a directory; give the model's files as"
+            " validators mount them (config.json, tokenizer_config.json, weights)",
+            EXIT_USAGE,
+        )
+    seed = (args.seed or secrets.token_hex(32)).lower()
+    if not _HEX.match(seed):
+        raise CheckFailed(f"--seed {args.seed}: give hexadecimal digits", EXIT_USAGE)
+    w = settings.workload
+    return (
+        CheckPlan(
+            contestant=image,
+            baseline=baseline,
+            leader=args.leader,
+            seed=seed,
+            served_model_name=settings.model.name,
+            model_path=str(args.model_path.resolve()),
+            max_model_len=settings.model.max_model_len,
+            workload=Workload(**w.model_dump(include=set(Workload.model_fields))),
+            gate=GateThresholds(),
+            startup_deadline_s=w.startup_deadline_s,
+        ),
+        urls,
+    )
+
+
+async def check(settings: Settings, args: argparse.Namespace, out: Console) -> int:
+    """Run the check; returns 0 when the verdict is PASS, else 1."""
+    checked, urls = plan(settings, args)
+    job = checked.job()
+    out.print(
+        f"checking {args.server or args.image}\n"
+        f"  baseline {args.baseline_server or checked.baseline}\n"
+        f"  leader {checked.leader or '(none: the image is compared with the baseline)'}\n"
+        f"  seed {checked.seed}\n"
+        f"  launches {' '.join(job.launch_order)}; concurrencies"
+        f" {list(checked.workload.concurrencies)}, {checked.workload.prompts_per_block}"
+        f" prompts per block, max_tokens {checked.workload.max_tokens}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    screened = Prescreen()
+    if args.server is None:
+        screened = await prescreen(
+            checked.contestant,
+            None if args.baseline_server else checked.baseline,
+            checked.leader,
+            settings.arena.max_image_gb,
+        )
+        if screened.failure is not None:
+            render.image_facts(out, screened, None)
+            reason, detail = screened.failure
+            out.print("the validator's pre-screen fails it before any launch:")
+            render.verdict_line(out, Outcome.FAIL, reason, detail)
+            return EXIT_FAILED
+    args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        run = await _run_with_progress(job, urls, args.out, out)
+    except docker.errors.DockerException as exc:
+        raise CheckFailed(
+            f"cannot use Docker ({exc}); start dockerd or set DOCKER_HOST, or use --server URL"
+        ) from None
+    (args.out / "report.json").write_text(run.report.model_dump_json(indent=1))
+    facts = next((r.image for r in run.report.results if r.key == CONTESTANT), None)
+    render.image_facts(out, screened, facts)
+    render.launches(out, job, run.report)
+    render.gate_checks(out, run.gate.get(CONTESTANT), checked.gate)
+    params = arena_params(settings.arena)
+    sigma = max(args.sigma or 0.0, params.sigma_floor)
+    judged = local_verdict(job, run.report, params, sigma)
+    render.verdict(out, judged, sigma, params.sigma_floor)
+    out.print(f"report, traces and server logs: {args.out}", highlight=False)
+    return 0 if judged.outcome is Outcome.PASS else EXIT_FAILED
+
+
+async def _run_with_progress(
+    job: JobSpec, urls: dict[str, str], job_dir: Path, out: Console
+) -> CheckRun:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=out
+    ) as progress:
+        ctx = ProgressContext(job_dir, progress, job)
+        async with local_runtime(job, urls) as runtime:
+            run = await run_check(job, runtime, ctx)
+        ctx.finish()
+        return run
+
+
+class ProgressContext:
+    """The round's progress as one bar per launch; traces are kept beside the report."""
+
+    def __init__(self, job_dir: Path, progress: Progress, job: JobSpec) -> None:
+        self.job_dir = job_dir
+        self.progress = progress
+        self.order = job.launch_order
+        self.blocks = len(job.workload.concurrencies) * job.workload.blocks_per_level
+        self.tasks: dict[int, TaskID] = {}
+        self.failed: set[int] = set()
+
+    def emit(self, phase: Phase, **fields: object) -> None:
+        launch = fields.get("launch")
+        if not isinstance(launch, int):
+            return
+        task = self.tasks.get(launch)
+        if task is None:
+            self.finish()
+            task = self.progress.add_task(self._label(launch, phase.value), total=self.blocks)
+            self.tasks[launch] = task
+        what = {
+            Phase.PULL: f"pulling {fields.get('message', '')}",
+            Phase.WARMUP: "warming up",
+            Phase.MEASURE: "measuring",
+            Phase.SCORE: "scoring every image's outputs for correctness",
+            Phase.FAILED: f"failed: {fields.get('error', '')}",
+        }.get(phase, phase.value)
+        if phase is Phase.FAILED:
+            self.failed.add(launch)
+        done = fields.get("done")
+        self.progress.update(
+            task,
+            description=self._label(launch, what),
+            completed=done if isinstance(done, int) else None,
+        )
+
+    def finish(self) -> None:
+        """Mark every launch that did not fail as done (a launch ends without an event)."""
+        for launch, task in self.tasks.items():
+            if launch not in self.failed:
+                self.progress.update(task, description=self._label(launch, "done"))
+
+    def _label(self, launch: int, what: str) -> str:
+        return f"launch {launch} {self.order[launch]:>2}: {what}"
+
+    async def upload_trace(self, records: Sequence[TraceRecord]) -> TraceRef:
+        return write_trace(self.job_dir, records)
