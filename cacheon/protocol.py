@@ -344,7 +344,6 @@ class Launch(_Model):
     started_ns: int
     ended_ns: int
     levels: tuple[LevelMeasurement, ...] = ()
-    output_fingerprint: str | None = None
     """sha256 over the token ids and logprob bit patterns of the measured responses, so the
     validator can flag a behavioural copy of the leader (DESIGN.md §4.6) without the outputs."""
     outcome: Outcome | None = None

@@ -16,10 +16,8 @@ trace per launch. `arena` turns them into ratios and decisions on the validator.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 import statistics
-import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -290,7 +288,6 @@ class RoundRunner:
                 levels=()
                 if run.fault
                 else tuple(self._level(c, b, result, baseline) for c, b, result in run.blocks),
-                output_fingerprint=None if run.fault else _fingerprint(run.blocks),
                 outcome=Outcome.FAIL if run.fault else None,
                 reason=run.fault.reason if run.fault else None,
                 detail=run.fault.detail[-DETAIL_CHARS:] if run.fault else "",
@@ -407,20 +404,6 @@ def _baseline_counts(runs: Iterable[_LaunchRun]) -> dict[tuple[int, int, int], i
                         metrics.output_tokens(measured.response),
                     )
     return counts
-
-
-def _fingerprint(blocks: Sequence[tuple[int, int, BlockResult]]) -> str:
-    """sha256 over token ids and logprob bit patterns, in block and prompt order (§4.6)."""
-    digest = hashlib.sha256()
-    for concurrency, block, result in blocks:
-        for measured in result.measured:
-            response = measured.response
-            if response is None:
-                continue
-            digest.update(struct.pack("<3I", concurrency, block, measured.index))
-            digest.update(struct.pack(f"<{len(response.token_ids)}I", *response.token_ids))
-            digest.update(struct.pack(f"<{len(response.logprobs)}d", *response.logprobs))
-    return digest.hexdigest()
 
 
 def _record(launch: Launch, concurrency: int, block: int, measured: Measured) -> TraceRecord:

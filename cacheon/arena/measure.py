@@ -148,19 +148,16 @@ def _log_speed(launch: Launch, common: set[tuple[int, int]]) -> float:
 
 
 def behavioural_copies(roster: Roster, report: RoundReport) -> frozenset[Digest]:
-    """Challengers that produced bit-identical outputs to the leader in this round (§4.6).
+    """Challengers the agent found answering like the leader in this round (§4.6): identical
+    token ids and logprob bit patterns on most measured prompts (`ContestantResult.copy_of`).
 
     Such a challenger is reported and cannot be runner-up while that digest leads; it is not
     failed, since a faithful re-implementation of the same engine may legitimately agree.
     """
     if roster.leader is None:
         return frozenset()
-    prints: dict[str, set[str]] = defaultdict(set)
-    for launch in report.launches:
-        if launch.output_fingerprint is not None:
-            prints[launch.contestant].add(launch.output_fingerprint)
-    leader = prints[roster.leader.key]
-    return frozenset(entry.digest for entry in roster.challengers if prints[entry.key] & leader)
+    copying = {r.key for r in report.results if r.copy_of == roster.leader.key}
+    return frozenset(entry.digest for entry in roster.challengers if entry.key in copying)
 
 
 @dataclass(frozen=True)

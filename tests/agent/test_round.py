@@ -90,9 +90,6 @@ def test_round_ranks_fast_baseline_slow(
             (1, 0, 6),
             (4, 0, 6),
         ]
-        assert launch.output_fingerprint is not None
-    # identical model and prompts: every launch streamed the same tokens
-    assert len({launch.output_fingerprint for launch in report.launches}) == 1
     assert report.hardware.enforced_limits["network_interfaces"] == "lo"
     evidence = measure_round(job, report, sigma=0.05)
     assert evidence.void is None

@@ -127,7 +127,9 @@ class Validator:
         if self.standings.leader is not None:
             keys[self.standings.leader] = "L"
         contestants, launches, results = {}, [], {}
-        for index, (who, speed, fingerprint) in enumerate(runs):
+        # what the agent's gate reports: identical outputs to the leader's make a copy of "L"
+        leader_outputs = {out for who, _, out in runs if keys.get(who) == "L"} - {None}
+        for index, (who, speed, outputs) in enumerate(runs):
             key = keys.setdefault(who, f"C{index}")
             role = Role.BASELINE if who is None else Role.LEADER if key == "L" else Role.CHALLENGER
             image = BASELINE if who is None else who.digest
@@ -139,11 +141,13 @@ class Validator:
                     started_ns=index * 1000,
                     ended_ns=index * 1000 + 500,
                     levels=(LevelMeasurement(concurrency=1, block=0, speed=speed, requests=8),),
-                    output_fingerprint=fingerprint,
                 )
             )
+            copies = key != "L" and outputs in leader_outputs
             results[key] = ContestantResult(
-                key=key, outcome=Outcome.FAIL if who in failed else Outcome.PASS
+                key=key,
+                outcome=Outcome.FAIL if who in failed else Outcome.PASS,
+                copy_of="L" if copies else None,
             )
         job = JobSpec(
             round_id="r",

@@ -241,16 +241,12 @@ def test_measure_round_end_to_end() -> None:
 
 
 def test_behavioural_copies() -> None:
-    def fingerprinted(index: int, key: str, fingerprint: str) -> Launch:
-        return launch(index, key).model_copy(update={"output_fingerprint": fingerprint})
-
     report = RoundReport(
         round_id="r",
-        launches=(
-            fingerprinted(0, "L", "same"),
-            fingerprinted(1, "C1", "same"),
-            fingerprinted(2, "C2", "own"),
-            fingerprinted(3, "L", "other"),
+        launches=(launch(0, "L"), launch(1, "C1"), launch(2, "C2"), launch(3, "L")),
+        results=(
+            ContestantResult(key="C1", outcome=Outcome.PASS, copy_of="L"),
+            ContestantResult(key="C2", outcome=Outcome.PASS),
         ),
     )
     assert behavioural_copies(ROSTER, report) == {C1.digest}
