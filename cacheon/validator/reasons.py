@@ -51,8 +51,8 @@ MEANINGS: Final = MappingProxyType(
         _R.AGENT_FAILED: "the benchmark agent failed; the round decided nothing",
         _R.ROUND_ABANDONED: "the validator stopped or restarted mid-round",
         _R.BUDGET: "the validator's daily pod budget was spent",
-        _R.CROWNED: "faster than the leader beyond the 1% moat: takes the lead",
-        _R.NOT_FASTER: "not faster than the leader by more than the moat",
+        _R.CROWNED: "beat the leader (or, with none, the baseline) beyond the moat; the best such leads",
+        _R.NOT_FASTER: "not faster than the leader (or, with none, the baseline) beyond the moat",
         _R.PENDING: "too close to call yet: more launches in later rounds",
     }
 )
