@@ -24,29 +24,13 @@ from pathlib import Path
 
 from cacheon.protocol import RoundReport
 from cacheon.store.db import Database
-from cacheon.testing.fake_pods import LoopThread
-from cacheon.testing.local_arena import LocalArena, Services
-from cacheon.testing.services import POD_SSH_USER, DockerDaemon, Registry, SeaweedS3, Sshd
+from cacheon.testing.local_arena import LocalArena, Services, start_services
 from cacheon.validator.assemble import build_parts, state_path
 from cacheon.validator.daemon import Daemon
 
 RSS_TARGET_MIB = 150
 CPU_TARGET = 0.01
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _services(stack: ExitStack) -> Services:
-    docker = DockerDaemon.start()
-    stack.callback(docker.stop)
-    registry = Registry.start()
-    stack.callback(registry.stop)
-    pod = Sshd.start(POD_SSH_USER, as_root=True, environment={"DOCKER_HOST": docker.host})
-    stack.callback(pod.stop)
-    s3 = SeaweedS3.start()
-    stack.callback(s3.stop)
-    loop = LoopThread()
-    stack.callback(loop.stop)
-    return Services(docker, registry, pod, s3, loop)
 
 
 def _proc(pid: int) -> tuple[float, float]:
@@ -134,7 +118,7 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=12.0)
     args = parser.parse_args()
     with ExitStack() as stack:
-        services = _services(stack)
+        services = start_services(stack)
         root = Path(tempfile.mkdtemp(prefix="cacheon-bench-"))
         idle(services, root, args.idle_seconds, args.poll_interval)
         round_overhead(services, root)

@@ -14,8 +14,7 @@ import asyncio
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 from rich.console import Console
@@ -24,9 +23,7 @@ from rich.table import Table
 from cacheon.log import configure_logging
 from cacheon.protocol import PublicReport
 from cacheon.store.db import Database
-from cacheon.testing.fake_pods import LoopThread
-from cacheon.testing.local_arena import NETUID, LocalArena, Services
-from cacheon.testing.services import POD_SSH_USER, DockerDaemon, Registry, SeaweedS3, Sshd
+from cacheon.testing.local_arena import NETUID, LocalArena, Services, start_services
 from cacheon.validator.assemble import build_parts, state_path
 from cacheon.validator.daemon import Daemon
 from cacheon.validator.leaderboard import render_leaderboard
@@ -36,25 +33,11 @@ from cacheon.validator.reasons import meaning
 COMMITTING = ("fast", "second", "slow", "cheat", "malformed")
 
 
-@contextmanager
-def _services(stack: ExitStack, console: Console) -> Iterator[Services]:
-    with console.status("starting dockerd, the registry, the pod's sshd and S3 on loopback"):
-        docker = DockerDaemon.start()
-        stack.callback(docker.stop)
-        registry = Registry.start()
-        stack.callback(registry.stop)
-        pod = Sshd.start(POD_SSH_USER, as_root=True, environment={"DOCKER_HOST": docker.host})
-        stack.callback(pod.stop)
-        s3 = SeaweedS3.start()
-        stack.callback(s3.stop)
-        loop = LoopThread()
-        stack.callback(loop.stop)
-    yield Services(docker, registry, pod, s3, loop)
-
-
 def run_demo(workdir: Path, console: Console, verbose: bool = False) -> PublicReport:
     configure_logging("console", "info" if verbose else "warning", stream=sys.stderr)
-    with ExitStack() as stack, _services(stack, console) as services:
+    with ExitStack() as stack:
+        with console.status("starting dockerd, the registry, the pod's sshd and S3 on loopback"):
+            services = start_services(stack)
         return run_demo_on(services, workdir, console)
 
 

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import secrets
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from cacheon.config import ChainSettings, Settings
 from cacheon.pods.keys import init_key
 from cacheon.testing.fake_lium import FakeLium, executor
 from cacheon.testing.fake_pods import LOOPBACK, LoopThread, PodHost
-from cacheon.testing.services import DockerDaemon, Registry, SeaweedS3, Sshd
+from cacheon.testing.services import POD_SSH_USER, DockerDaemon, Registry, SeaweedS3, Sshd
 from cacheon.testing.toy_image import push_toy_image
 from cacheon.testing.toy_server import EOS, Fault, Knobs, Speed
 
@@ -80,6 +81,21 @@ class Services:
     pod: Sshd
     s3: SeaweedS3
     loop: LoopThread
+
+
+def start_services(stack: ExitStack) -> Services:
+    """Every service a local arena needs, each stopped when `stack` closes."""
+    docker = DockerDaemon.start()
+    stack.callback(docker.stop)
+    registry = Registry.start()
+    stack.callback(registry.stop)
+    pod = Sshd.start(POD_SSH_USER, as_root=True, environment={"DOCKER_HOST": docker.host})
+    stack.callback(pod.stop)
+    s3 = SeaweedS3.start()
+    stack.callback(s3.stop)
+    loop = LoopThread()
+    stack.callback(loop.stop)
+    return Services(docker, registry, pod, s3, loop)
 
 
 @dataclass
