@@ -91,8 +91,8 @@ def _doc(matrix: list[Row], hostile: list[tuple[str, ...]], seconds: float) -> s
         "(the arena releases idle pods at once);",
         "- **wrong verdicts**: an honest miner FAILed, a hostile one PASSed, a leader other than "
         "the fastest, weights set twice for one standings;",
-        "- **recovery s**: from the fault's end (lifted, or the restart) to the first round "
-        "scored after it.",
+        "- **recovery s**: from the fault's end (lifted, or the restart) until a round scored "
+        "since the fault hit and weights set since (0: both came while the fault held).",
         "",
         markdown_table(COLUMNS, [cells(r) for r in matrix]),
         "",

@@ -8,7 +8,8 @@ table the bench prints and writes to docs/reliability.md.
 - pods leaked: pods still live at the provider after the daemon concluded and idled;
 - wrong verdicts: an honest miner FAILed, a hostile one PASSed, a leader that is not the
   fastest, weights set twice for one standings;
-- recovery: seconds from the fault's end (lifted, or the restart) to the first round concluded.
+- recovery: seconds from the fault's end (lifted, or the restart) until a round scored since the
+  fault hit and weights set since (0 when both came while the fault still held).
 """
 
 from __future__ import annotations
@@ -45,10 +46,7 @@ def judge(case: Case, trial: Trial, total_s: float, error: str) -> Row:
         (r for r in rounds if r["ended_at"] is None or r["ended_at"] >= trial.fault_start), None
     )
     outcome, reason = _outcome(trial, hit)
-    concluded = [
-        r["ended_at"] for r in rounds if r["state"] == "scored" and r["ended_at"] >= trial.fault_end
-    ]
-    recovery = round(min(concluded) - trial.fault_end, 1) if concluded else None
+    recovery = _recovery(trial, rounds)
     lost = _data_lost(trial, rounds)
     leaked = len(trial.arena.lium.live_pods())
     wrong = _wrong_verdicts(trial)
@@ -65,6 +63,22 @@ def judge(case: Case, trial: Trial, total_s: float, error: str) -> Row:
         case.name, case.group, case.fault, outcome, reason, lost, leaked, wrong, recovery,
         round(total_s, 1), ok, "; ".join(n for n in notes if n),
     )  # fmt: skip
+
+
+def _recovery(trial: Trial, rounds: list[sqlite3.Row]) -> float | None:
+    """Seconds from the fault's end until a round scored since it hit and weights set since
+    (0 when both happened while the fault still held); None when either never came."""
+    since = trial.fault_start
+    scored = [r["ended_at"] for r in rounds if r["state"] == "scored" and r["ended_at"] >= since]
+    weights = [
+        w["created_at"]
+        for w in trial.rows("SELECT created_at FROM weights_log WHERE status = 'set'")
+    ]
+    if not scored or not weights:
+        return None
+    later = [w for w in weights if w >= since]
+    done = max(min(scored), min(later) if later else 0.0)
+    return round(max(0.0, done - trial.fault_end), 1)
 
 
 def _outcome(trial: Trial, hit: sqlite3.Row | None) -> tuple[str, str]:

@@ -219,9 +219,10 @@ async def _judge(case: Case, trial: Trial, started: float) -> Row:
 
 
 def _concluded_after(trial: Trial) -> bool:
+    """A round scored since the fault hit: the hit round itself, or the retry of a void one."""
     return bool(
         trial.rows(
-            "SELECT 1 FROM rounds WHERE state = 'scored' AND ended_at >= ?", (trial.fault_end,)
+            "SELECT 1 FROM rounds WHERE state = 'scored' AND ended_at >= ?", (trial.fault_start,)
         )
     )
 
