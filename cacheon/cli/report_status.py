@@ -80,7 +80,7 @@ def render_report(report: PublicReport, hotkey: str, out: Console) -> None:
     if not mine:
         out.print(f"no verdict for {hotkey} in this report", highlight=False)
     else:
-        out.print(_verdicts(mine[:VERDICTS_SHOWN]))
+        _verdicts(mine[:VERDICTS_SHOWN], out)
     _launches(report, hotkey, out)
 
 
@@ -92,20 +92,17 @@ def _standing(standing: Standing, hotkey: str) -> tuple[str, ...]:
     return (standing.hotkey + you, standing.image, ratio, span, str(standing.launches))
 
 
-def _verdicts(verdicts: list[PublishedVerdict]) -> Table:
-    table = Table(title="Your latest verdicts")
-    for column in ("round", "digest", "outcome", "reason", "what it means", "detail"):
-        table.add_column(column)
+def _verdicts(verdicts: list[PublishedVerdict], out: Console) -> None:
+    """One verdict a few lines: meanings and details are sentences, too long for a table cell."""
+    out.print("your latest verdicts:")
     for v in verdicts:
-        table.add_row(
-            v.round_id or "pre-screen",
-            v.digest[:19],
-            v.outcome.value,
-            v.reason.value if v.reason else "",
-            meaning(v.reason, v.outcome),
-            v.detail,
-        )
-    return table
+        reason = f" {v.reason.value}" if v.reason else ""
+        where = f"round {v.round_id}" if v.round_id else "pre-screen"
+        out.print(f"  {where}  {v.digest[:19]}…  {v.outcome.value}{reason}", highlight=False)
+        explained = meaning(v.reason, v.outcome)
+        for label, text in (("means", explained), ("detail", v.detail)):
+            if text:
+                out.print(f"    {label}: {text}", highlight=False, soft_wrap=True)
 
 
 def _launches(report: PublicReport, hotkey: str, out: Console) -> None:
