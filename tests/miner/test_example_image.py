@@ -170,3 +170,17 @@ def test_check_refuses_neither_image_nor_server(tmp_path: Path) -> None:
     proc = miner("check", "--model-path", str(tmp_path))
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: give exactly one of IMAGE or --server URL"
+
+
+def test_the_prescreen_fails_an_unmodified_baseline_before_any_launch(
+    docker_daemon: DockerDaemon, registry: Registry, tmp_path: Path
+) -> None:
+    baseline = push_toy_image(docker_daemon, registry, "stand-in/baseline", BASELINE_KNOBS)
+    proc = miner(
+        "check", baseline, "--config", str(_config(tmp_path, baseline)),
+        "--model-path", str(model_dir(tmp_path)), "--out", str(tmp_path / "out"),
+        env={"DOCKER_HOST": "unix:///nonexistent.sock"},  # nothing may be launched
+    )  # fmt: skip
+    assert verdict_of(proc.stdout) == ("FAIL", "copy_of_reference"), proc.stdout + proc.stderr
+    assert proc.returncode == 1
+    assert not (tmp_path / "out").exists()
