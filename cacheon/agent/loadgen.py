@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from types import SimpleNamespace
 from typing import Any, Final
 
 import aiohttp
@@ -237,8 +238,13 @@ class _Worker:
 
     async def serve(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=600, ttl_dns_cache=None)
+        sent_clock = aiohttp.TraceConfig()
+        sent_clock.on_request_headers_sent.append(_stamp_sent)
         async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=False,
+            trace_configs=[sent_clock],
         ) as session:
             while True:
                 message = await asyncio.to_thread(self.conn.recv)
@@ -321,39 +327,63 @@ class _Worker:
         self, session: aiohttp.ClientSession, body: bytes, max_tokens: int, timeout_s: float
     ) -> tuple[int, list[Event], ResponseFault | None]:
         events: list[Event] = []
-        sent = time.perf_counter_ns()
+        # The clock starts when the request's bytes go out (§4.3), not while it waits for a
+        # connection; the trace hook overwrites this stamp at that moment.
+        stamp = {"sent": time.perf_counter_ns()}
+        fault = await self._exchange(
+            session, body, max_tokens, timeout_s, events=events, stamp=stamp
+        )
+        return stamp["sent"], events, fault
+
+    async def _exchange(
+        self,
+        session: aiohttp.ClientSession,
+        body: bytes,
+        max_tokens: int,
+        timeout_s: float,
+        *,
+        events: list[Event],
+        stamp: dict[str, int],
+    ) -> ResponseFault | None:
         try:
             async with asyncio.timeout(timeout_s):
                 async with session.post(
-                    self.url, data=body, headers={"content-type": "application/json"}
+                    self.url,
+                    data=body,
+                    headers={"content-type": "application/json"},
+                    trace_request_ctx=stamp,
                 ) as response:
                     if response.status != 200:
                         text = (await response.content.read(300)).decode(errors="replace")
-                        return (
-                            sent,
-                            events,
-                            ResponseFault(
-                                ReasonCode.BAD_RESPONSE, f"HTTP {response.status}: {text}"
-                            ),
+                        return ResponseFault(
+                            ReasonCode.BAD_RESPONSE, f"HTTP {response.status}: {text}"
                         )
                     if response.content_type != "text/event-stream":
                         fault = ResponseFault(
                             ReasonCode.BAD_RESPONSE,
                             f"content-type {response.content_type!r}, not text/event-stream",
                         )
-                        return sent, events, fault
+                        return fault
                     await _read_events(response, events, max_tokens)
         except TimeoutError:
             fault = ResponseFault(
                 ReasonCode.BAD_RESPONSE, f"no complete response within {timeout_s:g}s"
             )
-            return sent, events, fault
+            return fault
         except ResponseFault as exc:
-            return sent, events, exc
+            return exc
         except (aiohttp.ClientError, OSError) as exc:
-            fault = ResponseFault(ReasonCode.BAD_RESPONSE, f"connection failed: {exc!r}"[:300])
-            return sent, events, fault
-        return sent, events, None
+            return ResponseFault(ReasonCode.BAD_RESPONSE, f"connection failed: {exc!r}"[:300])
+        return None
+
+
+async def _stamp_sent(
+    _session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    _params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    if context.trace_request_ctx is not None:  # health checks carry no stamp
+        context.trace_request_ctx["sent"] = time.perf_counter_ns()
 
 
 async def _read_events(

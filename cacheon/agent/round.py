@@ -240,9 +240,10 @@ class RoundRunner:
             for concurrency in workload.concurrencies:
                 if workload.warmup_requests:
                     self.ctx.emit(Phase.WARMUP, contestant=run.key, launch=run.index)
-                    warmup = self.prompts.block(
-                        Purpose.WARMUP, concurrency, 0, workload.warmup_requests
-                    )
+                    # at least one request per stream, so every connection the level uses is
+                    # open before it is measured
+                    count = max(workload.warmup_requests, concurrency)
+                    warmup = self.prompts.block(Purpose.WARMUP, concurrency, 0, count)
                     _raise_fault(await load.run_block(warmup, concurrency))
                 for block in range(workload.blocks_per_level):
                     prompts = self._block(concurrency, block)
