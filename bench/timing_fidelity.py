@@ -42,8 +42,8 @@ async def _point(port: int, concurrency: int, requests: int) -> dict[str, float]
         await load.run_block(prompts[:concurrency], concurrency)  # warm-up: open the connections
         result = await load.run_block(prompts, concurrency)
     assert result.fault is None, result.fault
-    delays = sorted(
-        event.at_ns - token
+    delays = sorted(  # the scripted server's token ids are its write times in microseconds
+        event.at_ns - token * 1000
         for m in result.measured
         if m.response
         for event, token in zip(m.response.events, m.response.token_ids, strict=True)
