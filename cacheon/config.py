@@ -61,6 +61,8 @@ class ValidatorSettings(_Section):
     """No new block for this long: reconnect; for as long again: exit non-zero (systemd restarts)."""
     sweep_interval_s: float = Field(default=300.0, gt=0)
     """How often the orphan-pod sweep and the idle-pod release run."""
+    stop_grace_s: float = Field(default=30.0, ge=0)
+    """After SIGTERM, how long a round in flight may go on before it is cancelled."""
     standings_url: str | None = None
     """A public report to take standings from when the database is empty and our own bucket
     has none (another validator's `public/latest.json`)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from cacheon.config import Settings
 from cacheon.log import get_logger
 from cacheon.pods import budget
-from cacheon.pods.base import BudgetExceeded, NoPodAvailable, Offer, PodError, Provider
+from cacheon.pods.base import BudgetExceeded, NoPodAvailable, Offer, PodError, PodState, Provider
 from cacheon.pods.keys import PodKey
 from cacheon.pods.ledger import Lease, LeaseLedger, LeaseState
 from cacheon.pods.ready import ReadyPolicy, wait_ready
@@ -126,6 +126,19 @@ class PodLeases:
         if refusals:
             raise BudgetExceeded("; ".join(refusals))
         raise NoPodAvailable(reasons)
+
+    async def alive(self, lease: Lease) -> bool:
+        """Whether the provider still runs the pod; True when it cannot be asked (an API
+        outage is not a dead pod), so only a definite answer ends a round early."""
+        provider = self._providers.get(lease.provider)
+        if provider is None or lease.pod_id is None:
+            return False
+        try:
+            pod = await provider.get(lease.pod_id)
+        except PodError as exc:
+            log.warning("cannot ask the provider about a pod", lease=lease.name, reason=str(exc))
+            return True
+        return pod is not None and pod.state in (PodState.PENDING, PodState.RUNNING)
 
     def touch(self, lease: Lease) -> None:
         """The pod did work now; it is not idle."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -80,19 +81,27 @@ class AgentInstall:
 # --- the local side: our wheel and the dependency wheelhouse -------------------------------------
 
 
-def build_self_wheel(dest_dir: Path) -> Path:
-    """A wheel of the `cacheon` package exactly as it is installed here (editable or not),
-    with the installed metadata; deterministic, so equal code gives an equal wheel."""
-    # the installed dist-info, not a source tree's egg-info that may shadow it from the cwd
-    found = list(importlib.metadata.distributions(name="cacheon"))
-    dist = next((d for d in found if d.read_text("METADATA")), found[0])
+@functools.cache
+def package_snapshot() -> tuple[tuple[str, bytes], ...]:
+    """The package's files as this process first read them. The daemon takes the snapshot when
+    it starts, so the pod runs the code the daemon loaded even if the installation changes under
+    it (an upgrade without a restart would otherwise sign reports the daemon cannot read)."""
     package_dir = Path(cacheon.__file__).parent
-    info = f"cacheon-{__version__}.dist-info"
-    entries: list[tuple[str, bytes]] = [
+    return tuple(
         (f"cacheon/{path.relative_to(package_dir).as_posix()}", path.read_bytes())
         for path in sorted(package_dir.rglob("*"))
         if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
-    ]
+    )
+
+
+def build_self_wheel(dest_dir: Path) -> Path:
+    """A wheel of the `cacheon` package as this process loaded it (editable or not), with the
+    installed metadata; deterministic, so equal code gives an equal wheel."""
+    # the installed dist-info, not a source tree's egg-info that may shadow it from the cwd
+    found = list(importlib.metadata.distributions(name="cacheon"))
+    dist = next((d for d in found if d.read_text("METADATA")), found[0])
+    info = f"cacheon-{__version__}.dist-info"
+    entries: list[tuple[str, bytes]] = list(package_snapshot())
     entries += [
         (
             f"{info}/METADATA",

@@ -38,6 +38,10 @@ class HostKeyMismatch(SshError):
     """The pod presented a host key other than the pinned one: possibly not our pod."""
 
 
+class PodGone(SshError):
+    """The provider says the pod no longer runs: reconnecting is pointless."""
+
+
 class SshUnreachable(SshError):
     """No connection could be made (refused, timed out, auth failed) after the retries."""
 

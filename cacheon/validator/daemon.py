@@ -140,7 +140,7 @@ class Daemon:
                 url=self.settings.validator.standings_url,
             )
             while not self.stopping.is_set():
-                await self.cycle()
+                await self._until_stopped(self.cycle())
                 self.loop_alive_at = time.time()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(
@@ -155,6 +155,23 @@ class Daemon:
             await self.parts.chain.close()
             log.info("validator stopped")
         return EXIT_OK
+
+    async def _until_stopped(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run one pass; once a stop is asked for, give it `stop_grace_s` to finish, then cancel
+        it (a round in flight is then left to resume, or abandoned as NO_DECISION)."""
+        task = asyncio.create_task(work)
+        stop = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait({task}, timeout=self.settings.validator.stop_grace_s)
+            if not task.done():
+                log.warning("stop grace period over: cancelling the pass in flight")
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        finally:
+            stop.cancel()
 
     def stop(self) -> None:
         if not self.stopping.is_set():

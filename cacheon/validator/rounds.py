@@ -34,7 +34,12 @@ from cacheon.protocol import (
     UploadSlot,
     Workload,
 )
-from cacheon.remote.bootstrap import AgentInstall, BootstrapError, install_agent
+from cacheon.remote.bootstrap import (
+    AgentInstall,
+    BootstrapError,
+    install_agent,
+    package_snapshot,
+)
 from cacheon.remote.handoff import ReportRejected, fetch_report, issue_round_key
 from cacheon.remote.jobs import (
     Connector,
@@ -46,7 +51,7 @@ from cacheon.remote.jobs import (
 )
 from cacheon.remote.provision import ProvisionError, fetch_plan, model_dir, provision_model
 from cacheon.remote.readiness import PodNotReady, PodRequirements, check_pod, prepull
-from cacheon.remote.ssh import SshError, SshOptions, SshSession, connect
+from cacheon.remote.ssh import PodGone, SshError, SshOptions, SshSession, SshUnreachable, connect
 from cacheon.store.db import Database
 from cacheon.store.objects import ObjectStore, ObjectStoreError
 from cacheon.validator.evaluation import round_salt, round_seed
@@ -153,6 +158,7 @@ class RoundRunner:
         self._store = store
         self._on_event = on_event
         self._wheelhouse = Path(settings.validator.state_dir).expanduser() / "wheelhouse"
+        package_snapshot()  # now, while the files on disk are the code this process loaded
         self._ssh = SshOptions(
             client_key=Path(settings.pods.ssh_key_path).expanduser(),
             connect_timeout_s=settings.pods.ssh_connect_timeout_s,
@@ -238,7 +244,13 @@ class RoundRunner:
             raise PodNotReady(lease.name, ["the lease has no SSH address"])
 
         async def open_session() -> SshSession:
-            return await connect(target, self._ssh)
+            try:
+                return await connect(target, self._ssh)
+            except SshUnreachable:
+                # a pod the provider has ended will not come back: stop reconnecting now
+                if not await self._leases.alive(lease):
+                    raise PodGone(f"{lease.provider} says pod {lease.pod_id} is gone") from None
+                raise
 
         return open_session
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import structlog
 
 from cacheon.config import Settings
 from cacheon.protocol import PublicReport, Standing
+from cacheon.remote.ssh import PodGone, SshError, SshUnreachable
 from cacheon.store.db import Database
 from cacheon.testing.fake_pods import LoopThread
 from cacheon.testing.local_arena import NETUID, LocalArena, Services
@@ -119,3 +121,35 @@ def test_an_empty_database_restores_standings_from_the_last_report(quiet_arena: 
     assert standings.leader.hotkey == leader.hotkey
     row = dict(arena.devnet.weights(NETUID, arena.devnet.head())[arena.validator.uid])
     assert row == {leader.uid: 65535}
+
+
+def test_a_pod_the_provider_ended_is_not_waited_for(quiet_arena: LocalArena) -> None:
+    """Reconnecting to a dead pod stops at the provider's word, not after minutes of retries."""
+    settings = quiet_arena.settings(pods={"ssh_connect_timeout_s": 1.0})
+    daemon, db = _daemon(settings)
+
+    async def scenario() -> tuple[type[Exception], type[Exception]]:
+        leases = daemon.parts.leases
+        await leases.start()
+        lease = await leases.acquire(0.1)
+        assert lease.ssh is not None
+        unreachable = replace(lease, ssh=replace(lease.ssh, port=free_port()))
+        connect = daemon.runner._connector(unreachable)
+        caught = []
+        for _ in range(2):
+            try:
+                await connect()
+            except SshError as exc:
+                caught.append(type(exc))
+            assert lease.pod_id is not None
+            quiet_arena.lium.kill(lease.pod_id)
+        await leases.close()
+        await daemon.parts.chain.close()
+        return caught[0], caught[1]
+
+    try:
+        alive, dead = asyncio.run(scenario())
+    finally:
+        db.close()
+    assert alive is SshUnreachable  # the provider still runs it: keep trying
+    assert dead is PodGone  # the provider ended it: give up at once
