@@ -25,8 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cacheon.log import configure_logging
-from cacheon.testing.fake_pods import LoopThread
-from cacheon.testing.local_arena import Services
+from cacheon.testing.local_arena import start_services
 from cacheon.testing.reliability.cases import CASES
 from cacheon.testing.reliability.hostile import (
     HOSTILE_COLUMNS,
@@ -36,23 +35,8 @@ from cacheon.testing.reliability.hostile import (
 from cacheon.testing.reliability.kills import KILLS
 from cacheon.testing.reliability.report import COLUMNS, Row, cells, markdown_table
 from cacheon.testing.reliability.trial import run_case
-from cacheon.testing.services import POD_SSH_USER, DockerDaemon, Registry, SeaweedS3, Sshd
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
-
-
-def _services(stack: ExitStack) -> Services:
-    docker = DockerDaemon.start()
-    stack.callback(docker.stop)
-    registry = Registry.start()
-    stack.callback(registry.stop)
-    pod = Sshd.start(POD_SSH_USER, as_root=True, environment={"DOCKER_HOST": docker.host})
-    stack.callback(pod.stop)
-    s3 = SeaweedS3.start()
-    stack.callback(s3.stop)
-    loop = LoopThread()
-    stack.callback(loop.stop)
-    return Services(docker, registry, pod, s3, loop)
 
 
 def _print(
@@ -134,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     matrix: list[Row] = []
     hostile: list[tuple[str, ...]] = []
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cacheon-rel-") as tmp:
-        services = _services(stack)
+        services = start_services(stack)
         for index, case in enumerate(cases):
             root = Path(tmp) / f"case-{index:02d}"
             root.mkdir()
