@@ -57,6 +57,8 @@ class Response:
     logprobs: tuple[float, ...]
     top_logprobs: tuple[tuple[tuple[int, float], ...], ...]
     finish_reason: str
+    text: str = ""
+    """The `delta.content` of every event, joined: the gate checks it against the token ids."""
 
     @property
     def token_ns(self) -> tuple[int, ...]:
@@ -72,6 +74,7 @@ def parse(sent_ns: int, events: Sequence[Event], model: str, max_tokens: int) ->
     logprobs: list[float] = []
     tops: list[tuple[tuple[int, float], ...]] = []
     finish: str | None = None
+    text: list[str] = []
     done = False
     for event in events:
         if event.data == DONE:
@@ -83,6 +86,7 @@ def parse(sent_ns: int, events: Sequence[Event], model: str, max_tokens: int) ->
         if choice is None:
             continue
         entries = _entries(choice)
+        text.append(_content(choice))
         for entry in entries:
             token, logprob, top = _token(entry)
             ids.append(token)
@@ -105,7 +109,15 @@ def parse(sent_ns: int, events: Sequence[Event], model: str, max_tokens: int) ->
         raise ResponseFault(ReasonCode.BAD_RESPONSE, "no event carried a finish_reason")
     if not ids:
         raise ResponseFault(ReasonCode.CONFORMANCE, "the response carried no token ids")
-    return Response(sent_ns, tuple(token_events), tuple(ids), tuple(logprobs), tuple(tops), finish)
+    return Response(
+        sent_ns,
+        tuple(token_events),
+        tuple(ids),
+        tuple(logprobs),
+        tuple(tops),
+        finish,
+        "".join(text),
+    )
 
 
 def _json(data: bytes) -> dict[str, object]:
@@ -133,6 +145,12 @@ def _choice(chunk: dict[str, object], model: str) -> dict[str, object] | None:
     if not isinstance(choice, dict):
         raise ResponseFault(ReasonCode.BAD_RESPONSE, "a choice is not an object")
     return choice
+
+
+def _content(choice: dict[str, object]) -> str:
+    delta = choice.get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
+    return content if isinstance(content, str) else ""
 
 
 def _entries(choice: dict[str, object]) -> list[object]:

@@ -63,17 +63,15 @@ class BaselineError(Exception):
     """The baseline failed to tokenize or score; the round cannot judge correctness."""
 
 
-def response_from_stream(
-    key: str, max_tokens: int, parsed: stream.Response, text: str | None = None
-) -> Response:
-    """The gate's view of a response the load generator parsed."""
+def response_from_stream(key: str, max_tokens: int, parsed: stream.Response) -> Response:
+    """The gate's view of a response the load generator parsed, its streamed text included."""
     tokens = tuple(
         Reported(token, logprob, top)
         for token, logprob, top in zip(
             parsed.token_ids, parsed.logprobs, parsed.top_logprobs, strict=True
         )
     )
-    return Response(key, tokens, parsed.finish_reason, max_tokens, text)
+    return Response(key, tokens, parsed.finish_reason, max_tokens, parsed.text)
 
 
 def eos_token_ids(model_dir: Path) -> frozenset[int]:
