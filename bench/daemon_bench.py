@@ -117,9 +117,9 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=120.0)
     parser.add_argument("--poll-interval", type=float, default=12.0)
     args = parser.parse_args()
-    with ExitStack() as stack:
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="cacheon-bench-") as tmp:
         services = start_services(stack)
-        root = Path(tempfile.mkdtemp(prefix="cacheon-bench-"))
+        root = Path(tmp)
         idle(services, root, args.idle_seconds, args.poll_interval)
         round_overhead(services, root)
 
