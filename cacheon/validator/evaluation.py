@@ -2,7 +2,8 @@
 
 A terminal verdict is replayed instead of re-run only while the evaluation version is unchanged
 (DESIGN.md §3 step 2): the validator's major.minor, the model and its revision, the baseline
-digest, the workload generator, the gate thresholds and the miner contract. The round salt is
+digest, the workload (its generator and what it measures: a ratio at other concurrencies is
+another ratio), the gate thresholds and the miner contract. The round salt is
 HMAC(validator secret, round id): its hash is published before the round, the salt after it, so
 anyone can check the seed was not chosen after seeing the block.
 """
@@ -42,7 +43,7 @@ def evaluation_version(settings: Settings, workload: Workload, gate: GateThresho
         "validator": major_minor,
         "model": f"{settings.model.name}@{settings.model.revision}",
         "baseline": settings.model.baseline_image.rpartition("@")[2],
-        "workload": workload.generator_version,
+        "workload": workload.model_dump(mode="json"),  # its generator and what it measures
         "gate": gate.version,
         "contract": CONTRACT_VERSION,
         "schema": SCHEMA_VERSION,
