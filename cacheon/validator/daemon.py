@@ -226,6 +226,10 @@ class Daemon:
         return polled.queue, polled.chain
 
     async def _round(self, selection: Selection, standings: Standings, chain: ChainState) -> None:
+        # a round an earlier pass could not conclude (its writes failed) is settled first
+        if self.state.unfinished_rounds():
+            await self.recover()
+            _, standings = self.state.standings()
         records = {
             (r.submission.hotkey, r.submission.digest): r
             for r in self.state.submissions(current_only=True)
@@ -262,6 +266,10 @@ class Daemon:
                 )
                 await asyncio.shield(self._conclude(plan.job, stopped, chain))
             raise
+        except Exception as exc:  # whatever broke (a full disk, say), the round must end
+            log.exception("round failed unexpectedly", round_id=round_id)
+            detail = f"{type(exc).__name__}: {exc}"
+            result = RoundResult(round_id, None, ReasonCode.AGENT_FAILED, detail)
         await self._conclude(plan.job, result, chain)
 
     async def _conclude(self, job: JobSpec, result: RoundResult, chain: ChainState) -> None:

@@ -19,6 +19,11 @@ def _kill_when(what: str, check: Callable[[Trial], bool]) -> Callable[[Trial], A
     async def inject(trial: Trial) -> None:
         await trial.until(what, lambda: check(trial), 300)
         trial.start_fault()
+        # the kill hits the newest round, even one that concluded just before it (judged then
+        # by what the restart does to it: nothing twice, nothing lost)
+        newest = trial.rows("SELECT started_at FROM rounds ORDER BY started_at DESC LIMIT 1")
+        if newest:
+            trial.fault_start = min(trial.fault_start, float(newest[0]["started_at"]))
         trial.kill_process()
         trial.start_process()
         trial.end_fault()
