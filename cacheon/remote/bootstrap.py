@@ -140,7 +140,9 @@ def _lock() -> str:
 def build_wheelhouse(cache_dir: Path, pod: PodPython) -> Wheelhouse:
     """Our wheel plus the base dependencies' wheels for the pod's Python; the dependencies are
     downloaded once per (lock, pod Python) and kept in `cache_dir`. Blocking (pip)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # built beside its final place: a rename across filesystems (a tmpfs /tmp) would fail
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         built = build_self_wheel(Path(tmp))
         build_id = f"{__version__}-{hashlib.sha256(built.read_bytes()).hexdigest()[:12]}"
         self_dir = cache_dir / "self" / build_id
