@@ -15,6 +15,8 @@ import signal
 import sqlite3
 from collections.abc import Awaitable, Callable
 
+from botocore.exceptions import ClientError
+
 from cacheon.protocol import Phase
 from cacheon.testing.local_arena import TOY_MINERS, ToyMiner
 from cacheon.testing.reliability.chaos import fill
@@ -192,13 +194,28 @@ async def contestant_exits(trial: Trial) -> None:
 
 
 async def disk_full(trial: Trial) -> None:
+    """The state directory fills while the agent measures and stays full past the agent's end:
+    nothing can be written (not even the round's end), so the daemon must keep its data and
+    settle the round once space is back."""
     await _when_running(trial)
     trial.start_fault()
     filler = fill(trial.db_path.parent)
-    await trial.until("the round's end on a full disk", lambda: not _running(trial), 120)
-    await _hold(trial)
+    await trial.until("the agent's end on a full disk", lambda: _agent_done(trial), 120)
+    await asyncio.sleep(HOLD_S)
     filler.unlink()
     trial.end_fault()
+
+
+def _agent_done(trial: Trial) -> bool:
+    row = trial.running_round()
+    if row is None:
+        return True
+    key = f"cacheon/rounds/{row['round_id']}/report.json"
+    try:
+        trial.arena.services.s3.client().head_object(Bucket=trial.arena.bucket, Key=key)
+    except ClientError:
+        return False
+    return True
 
 
 def _round(trial: Trial) -> sqlite3.Row:
