@@ -29,7 +29,8 @@ from cacheon.testing.fake_lium import FakeLium, executor
 from cacheon.testing.fake_pods import LOOPBACK, LoopThread, PodHost
 from cacheon.testing.services import POD_SSH_USER, DockerDaemon, Registry, SeaweedS3, Sshd
 from cacheon.testing.toy_image import push_toy_image
-from cacheon.testing.toy_server import EOS, Fault, Knobs, Speed
+from cacheon.testing.toy_lm import EOS
+from cacheon.testing.toy_server import Fault, Knobs, Speed
 
 NETUID = 14
 MODEL = "cacheon/toy-model"

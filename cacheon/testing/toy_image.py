@@ -26,7 +26,9 @@ from pathlib import Path
 
 import docker.errors
 
-from cacheon.testing import toy_server
+import cacheon
+import cacheon.testing
+from cacheon.testing import toy_lm, toy_server
 from cacheon.testing.services import DockerDaemon, Registry, ServiceError
 from cacheon.testing.toy_server import Knobs
 
@@ -116,6 +118,10 @@ def python_rootfs_tar() -> bytes:
             for path in extensions:
                 tar.add(path, arcname=f"{STDLIB}/lib-dynload/{path.name}".lstrip("/"))
         _add_bytes(tar, SERVER, Path(toy_server.__file__).read_bytes(), 0o644)
+        # the server imports its model as `cacheon.testing.toy_lm`: the package beside the script
+        for module in (cacheon, cacheon.testing, toy_lm):
+            name = Path(module.__file__ or "").relative_to(Path(cacheon.__file__).parent.parent)
+            _add_bytes(tar, f"app/{name}", Path(module.__file__ or "").read_bytes(), 0o644)
         _add_bytes(tar, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
     return buffer.getvalue()
 

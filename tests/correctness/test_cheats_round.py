@@ -36,7 +36,8 @@ from cacheon.protocol import (
 )
 from cacheon.testing.services import DockerDaemon, Registry
 from cacheon.testing.toy_image import push_toy_image
-from cacheon.testing.toy_server import EOS, Cheat, Decoder, Knobs, Speed, ToyLM
+from cacheon.testing.toy_lm import EOS, Cheat, Decoder, ToyLM
+from cacheon.testing.toy_server import Knobs, Speed
 
 MODEL = "Qwen/Qwen2.5-72B-Instruct"
 MAX_MODEL_LEN = 512

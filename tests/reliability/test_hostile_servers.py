@@ -31,7 +31,8 @@ from cacheon.protocol import (
     Workload,
 )
 from cacheon.testing import toy_server
-from cacheon.testing.toy_server import EOS, LATER_CRASH_AT, Fault, Knobs, Speed
+from cacheon.testing.toy_lm import EOS
+from cacheon.testing.toy_server import LATER_CRASH_AT, Fault, Knobs, Speed
 
 MODEL = "Qwen/Qwen2.5-72B-Instruct"
 TIMEOUT_S = 3.0

@@ -28,7 +28,8 @@ from cacheon.protocol import (
 )
 from cacheon.testing.local_arena import Services
 from cacheon.testing.toy_image import push_toy_image
-from cacheon.testing.toy_server import EOS, Cheat, Fault, Knobs, Speed, ToyLM
+from cacheon.testing.toy_lm import EOS, Cheat, ToyLM
+from cacheon.testing.toy_server import Fault, Knobs, Speed
 
 MODEL = "Qwen/Qwen2.5-72B-Instruct"
 MAX_MODEL_LEN = 512
