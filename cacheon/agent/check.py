@@ -48,6 +48,9 @@ from cacheon.protocol import (
 ATTACHED_REPOSITORY: Final = "attached/server"
 CONTESTANT: Final = "C1"
 """The contestant's key, as the validator names the first challenger of a round."""
+OWN_HOTKEY: Final = "this image"
+LEADER_HOTKEY: Final = "the leader"
+"""Stand-ins for the hotkeys a validator's job names: a check has no chain."""
 
 
 def attached_image(url: str) -> str:
@@ -75,9 +78,15 @@ class CheckPlan:
         contestants = [Contestant(key="B", role=Role.BASELINE, image=self.baseline)]
         bookends = []
         if self.leader is not None:
-            contestants.append(Contestant(key="L", role=Role.LEADER, image=self.leader))
+            contestants.append(
+                Contestant(key="L", role=Role.LEADER, hotkey=LEADER_HOTKEY, image=self.leader)
+            )
             bookends = ["L"]
-        contestants.append(Contestant(key=CONTESTANT, role=Role.CHALLENGER, image=self.contestant))
+        contestants.append(
+            Contestant(
+                key=CONTESTANT, role=Role.CHALLENGER, hotkey=OWN_HOTKEY, image=self.contestant
+            )
+        )
         return JobSpec(
             round_id=f"check-{self.seed[:12]}",
             seed=self.seed,

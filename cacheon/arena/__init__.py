@@ -7,6 +7,15 @@ they return; the same code runs in the simulator, so the rules are measured as t
 
 from cacheon.arena.attribution import FAILURES, UNEVALUABLE_LIMIT, Charged, Fault, attribute, charge
 from cacheon.arena.emission import burn_uid, weights
+from cacheon.arena.judge import (
+    CALL_REASON,
+    History,
+    Judgement,
+    RoundJudgement,
+    RoundResult,
+    decision_text,
+    judge,
+)
 from cacheon.arena.measure import (
     DRIFT_SIGMAS,
     Entry,
@@ -36,13 +45,17 @@ from cacheon.arena.submissions import (
     Copy,
     Deferral,
     Judged,
+    Listing,
     Queued,
+    Screened,
     Selection,
     Submission,
+    Unlisted,
     find_copy,
     first_seen,
     is_terminal,
     replay,
+    screen,
     select_challengers,
 )
 from cacheon.arena.verdict import (
@@ -56,6 +69,7 @@ from cacheon.arena.verdict import (
 )
 
 __all__ = [
+    "CALL_REASON",
     "DRIFT_SIGMAS",
     "FAILURES",
     "UNEVALUABLE_LIMIT",
@@ -73,18 +87,25 @@ __all__ = [
     "Entry",
     "Evidence",
     "Fault",
+    "History",
     "Holder",
     "Judged",
+    "Judgement",
+    "Listing",
     "Loss",
     "Queued",
     "Roster",
     "RoundEvidence",
+    "RoundJudgement",
+    "RoundResult",
     "RoundVoid",
+    "Screened",
     "Selection",
     "Standings",
     "Submission",
     "TimedSpeed",
     "Transition",
+    "Unlisted",
     "advance",
     "alpha_spent",
     "attribute",
@@ -94,13 +115,16 @@ __all__ = [
     "charge",
     "compare",
     "decide",
+    "decision_text",
     "find_copy",
     "first_seen",
     "is_terminal",
+    "judge",
     "launch_speeds",
     "measure_round",
     "pooled_sigma",
     "replay",
+    "screen",
     "select_challengers",
     "weights",
 ]

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from cacheon.arena.attribution import attribute
 from cacheon.arena.params import ArenaParams
 from cacheon.protocol import Block, Digest, Hotkey, Outcome, ReasonCode, Uid
 
@@ -82,6 +83,72 @@ def _contains(own: frozenset[str] | None, other: Submission, base_layers: frozen
         return False
     theirs = other.layers - base_layers
     return bool(theirs) and theirs <= own
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the registry lists for an image's linux/amd64 platform."""
+
+    compressed_size: int
+    layers: tuple[str, ...]
+    """Layer diff ids, bottom first (the copy checks compare them)."""
+
+
+@dataclass(frozen=True)
+class Unlisted:
+    """The registry did not list the image; `reason` says whose fault that is (§3 step 1)."""
+
+    reason: ReasonCode
+    detail: str
+
+
+@dataclass(frozen=True)
+class Screened:
+    """The pre-screen's finding for one submission, before any GPU money is spent.
+
+    PASS: it may be queued; FAIL: it is failed with `reason`; NO_DECISION: the check could not
+    run (the registry is unavailable) and the submission waits for the next poll.
+    """
+
+    outcome: Outcome
+    submission: Submission
+    """With the layers the registry listed, when it listed them."""
+    reason: ReasonCode | None = None
+    detail: str = ""
+
+
+def screen(
+    submission: Submission,
+    answer: Listing | Unlisted,
+    *,
+    max_bytes: int,
+    history: Iterable[Submission],
+    base_layers: frozenset[str] | None,
+) -> Screened:
+    """The poll-time pre-screen (DESIGN.md §3 step 1, §4.6): listed for linux/amd64, small enough,
+    and not a copy. `base_layers` None means the baseline's own listing is not known yet: copies
+    cannot be told apart from it, so the submission waits rather than skipping the check."""
+    if isinstance(answer, Unlisted):
+        fault = attribute(answer.reason, during_own_launch=True)
+        return Screened(fault.outcome, submission, answer.reason, answer.detail)
+    listed = Submission(
+        submission.hotkey,
+        submission.uid,
+        submission.digest,
+        submission.first_seen,
+        frozenset(answer.layers),
+    )
+    if answer.compressed_size > max_bytes:
+        detail = f"{answer.compressed_size / 1e9:.1f} GB compressed > {max_bytes / 1e9:g} GB"
+        return Screened(Outcome.FAIL, listed, ReasonCode.IMAGE_TOO_LARGE, detail)
+    if base_layers is None:
+        detail = "the baseline's layers are not known yet; the copy check waits for the registry"
+        return Screened(Outcome.NO_DECISION, listed, ReasonCode.REGISTRY_UNAVAILABLE, detail)
+    copy = find_copy(listed, history, base_layers)
+    if copy is not None:
+        detail = f"copy of {copy.of}" if copy.of else "no layers beyond the baseline's"
+        return Screened(Outcome.FAIL, listed, copy.reason, detail)
+    return Screened(Outcome.PASS, listed)
 
 
 @dataclass(frozen=True)

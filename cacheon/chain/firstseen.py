@@ -3,8 +3,10 @@
 The chain only remembers the block of each hotkey's latest commitment: a miner who re-commits
 looks newer, and a copier who commits a leader's digest after the leader re-committed something
 else would look first. So the validator keeps its own ledger of when it first saw each
-(digest, hotkey) pair (table `first_seen`, migration 2 of `store/db.py`), and the first-seen block is min(our record, the chain's block). Ties inside
-one block go to the lower uid, since the chain keeps no order within a block.
+(digest, hotkey) pair (`ValidatorState.record_first_seen`), and the first-seen block is
+min(our record, the chain's block). Ties inside one block go to the lower uid, since the chain
+keeps no order within a block. This module holds the ordering; the ledger lives with the rest of
+the validator's state.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from dataclasses import dataclass
 
 from cacheon.chain.commitments import Submission
 from cacheon.protocol import Block, Digest, Hotkey, Uid
-from cacheon.store.db import Database
 
 
 @dataclass(frozen=True)
@@ -45,34 +46,3 @@ def holders_on_chain(submissions: Iterable[Submission]) -> dict[Digest, list[Hol
             Holder(digest=s.image.digest, hotkey=s.hotkey, uid=s.uid, block=s.block)
         )
     return {digest: rank(group) for digest, group in grouped.items()}
-
-
-def record(db: Database, submissions: Iterable[Submission]) -> None:
-    """Fold one poll's submissions into the ledger, keeping the earliest block per pair."""
-    rows = [(s.image.digest, s.hotkey, s.uid, s.block) for s in submissions]
-    with db.transaction() as conn:
-        conn.executemany(
-            "INSERT INTO first_seen (digest, hotkey, uid, block) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (digest, hotkey) DO UPDATE SET "
-            "block = MIN(block, excluded.block), uid = COALESCE(excluded.uid, uid)",
-            rows,
-        )
-
-
-def holders(db: Database, digest: Digest) -> list[Holder]:
-    """Every hotkey known to have held `digest`, first-seen first."""
-    rows = db.query("SELECT hotkey, uid, block FROM first_seen WHERE digest = ?", (digest,))
-    return rank(
-        Holder(
-            digest=digest,
-            hotkey=Hotkey(r["hotkey"]),
-            uid=None if r["uid"] is None else Uid(r["uid"]),
-            block=Block(r["block"]),
-        )
-        for r in rows
-    )
-
-
-def first_holder(db: Database, digest: Digest) -> Holder | None:
-    ranked = holders(db, digest)
-    return ranked[0] if ranked else None

@@ -20,6 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 
 from cacheon.agent.check import (
     CONTESTANT,
+    LEADER_HOTKEY,
+    OWN_HOTKEY,
     CheckPlan,
     CheckRun,
     attached_image,
@@ -27,23 +29,43 @@ from cacheon.agent.check import (
     run_check,
     write_trace,
 )
+from cacheon.arena import (
+    ArenaParams,
+    History,
+    Judgement,
+    Listing,
+    RoundResult,
+    Screened,
+    Submission,
+    Unlisted,
+    judge,
+    screen,
+)
+from cacheon.chain.commitments import ImageRef, Rejection, parse_reference
 from cacheon.cli import check_render as render
-from cacheon.cli.check_prescreen import Prescreen, prescreen
-from cacheon.cli.check_verdict import local_verdict
 from cacheon.cli.common import EXIT_FAILED, EXIT_USAGE, add_settings_arguments
 from cacheon.config import Settings
 from cacheon.protocol import (
+    Block,
+    Digest,
     GateThresholds,
+    Hotkey,
     JobSpec,
     Outcome,
     Phase,
+    ReasonCode,
+    RoundReport,
     TraceRecord,
     TraceRef,
+    Uid,
     Workload,
 )
 from cacheon.validator.evaluation import arena_params
+from cacheon.validator.screening import list_image
 
 _HEX = re.compile(r"^[0-9a-f]{1,128}$")
+MINE = Hotkey(OWN_HOTKEY)
+LEADER = Hotkey(LEADER_HOTKEY)
 
 
 class CheckFailed(Exception):
@@ -134,7 +156,7 @@ async def check(settings: Settings, args: argparse.Namespace, out: Console) -> i
         highlight=False,
         soft_wrap=True,
     )
-    screened = Prescreen()
+    screened = render.Prescreen()
     if args.server is None:
         screened = await prescreen(
             checked.contestant,
@@ -142,11 +164,11 @@ async def check(settings: Settings, args: argparse.Namespace, out: Console) -> i
             checked.leader,
             settings.arena.max_image_gb,
         )
-        if screened.failure is not None:
+        found = screened.screened
+        if found is not None and found.outcome is Outcome.FAIL:
             render.image_facts(out, screened, None)
-            reason, detail = screened.failure
             out.print("the validator's pre-screen fails it before any launch:")
-            render.verdict_line(out, Outcome.FAIL, reason, detail)
+            render.verdict_line(out, Outcome.FAIL, found.reason, found.detail)
             return EXIT_FAILED
     args.out.mkdir(parents=True, exist_ok=True)
     try:
@@ -162,10 +184,72 @@ async def check(settings: Settings, args: argparse.Namespace, out: Console) -> i
     render.gate_checks(out, run.gate.get(CONTESTANT), checked.gate)
     params = arena_params(settings.arena)
     sigma = max(args.sigma or 0.0, params.sigma_floor)
-    judged = local_verdict(job, run.report, params, sigma)
-    render.verdict(out, judged, sigma, params.sigma_floor)
+    mine = judgement(job, run.report, params, sigma)
+    render.verdict(out, mine, sigma, params.sigma_floor)
     out.print(f"report, traces and server logs: {args.out}", highlight=False)
-    return 0 if judged.outcome is Outcome.PASS else EXIT_FAILED
+    return 0 if mine.outcome is Outcome.PASS else EXIT_FAILED
+
+
+def judgement(
+    job: JobSpec,
+    report: RoundReport,
+    params: ArenaParams,
+    sigma: float,
+    history: History | None = None,
+) -> Judgement:
+    """The image's judgement, by the validator's own function (`arena.judge`); the history is
+    empty unless given (a check is a new submission's first round)."""
+    result = RoundResult(job.round_id, report)
+    mine = judge(job, result, params, sigma, history or History()).of(CONTESTANT)
+    if mine is None:
+        raise CheckFailed(f"the round judged no {CONTESTANT}; this is a bug in the check")
+    return mine
+
+
+async def prescreen(
+    image: str, baseline: str | None, leader: str | None, max_image_gb: float
+) -> render.Prescreen:
+    """The validator's poll-time pre-screen (`arena.screen`) of `image`, with the leader as the
+    only earlier holder; `baseline` and `leader` are None where they are attached servers."""
+    ref = parse_reference(image)
+    if isinstance(ref, Rejection):
+        mine = Submission(MINE, Uid(1), Digest("sha256:" + "0" * 64), Block(1))
+        failed = Screened(Outcome.FAIL, mine, ReasonCode.BAD_COMMITMENT, ref.detail)
+        return render.Prescreen(screened=failed)
+    answer = await list_image(ref)
+    warnings: list[str] = []
+    base = await _layers(baseline, "baseline", warnings)
+    leading = await _layers(leader, "leader", warnings)
+    history = []
+    if leader is not None and leading is not None:
+        digest = Digest(leader.rpartition("@")[2])
+        history.append(Submission(LEADER, Uid(0), digest, Block(0), leading))
+    mine = Submission(MINE, Uid(1), ref.digest, Block(1))
+    screened = screen(
+        mine,
+        answer,
+        max_bytes=int(max_image_gb * 1e9),
+        history=history,
+        base_layers=base,
+    )
+    if screened.outcome is Outcome.NO_DECISION:
+        warnings.append(f"a validator would wait: {screened.reason}: {screened.detail}")
+    listing = answer if isinstance(answer, Listing) else None
+    return render.Prescreen(ref, listing, base, leading, screened, tuple(warnings))
+
+
+async def _layers(image: str | None, role: str, warnings: list[str]) -> frozenset[str] | None:
+    if image is None:
+        return None
+    ref = parse_reference(image)
+    if not isinstance(ref, ImageRef):
+        warnings.append(f"{role} {image}: {ref.detail}; copy checks skipped")
+        return None
+    answer = await list_image(ref)
+    if isinstance(answer, Unlisted):
+        warnings.append(f"{role} manifest unavailable, copy checks skipped: {answer.detail}")
+        return None
+    return frozenset(answer.layers)
 
 
 async def _run_with_progress(

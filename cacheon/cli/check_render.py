@@ -10,30 +10,44 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from rich.console import Console
 from rich.table import Table
 
 from cacheon.agent.correctness import RESPONSE_CHECKS, GateResult
-from cacheon.arena import RoundVoid, launch_speeds
-from cacheon.cli.check_prescreen import Prescreen
-from cacheon.cli.check_verdict import LocalVerdict
+from cacheon.arena import Judgement, Listing, RoundVoid, Screened, launch_speeds
+from cacheon.chain.commitments import ImageRef
 from cacheon.protocol import GateThresholds, ImageFacts, JobSpec, Outcome, ReasonCode, RoundReport
 from cacheon.validator.reasons import meaning
+
+
+@dataclass(frozen=True)
+class Prescreen:
+    """What the check's pre-screen found, for display beside the verdict."""
+
+    image: ImageRef | None = None
+    listing: Listing | None = None
+    base_layers: frozenset[str] | None = None
+    """The baseline's layer diff ids: shared by everyone, never counted as a copy."""
+    leader_layers: frozenset[str] | None = None
+    screened: Screened | None = None
+    """The arena's pre-screen finding; None for an attached server."""
+    warnings: tuple[str, ...] = ()
 
 
 def image_facts(out: Console, screened: Prescreen, facts: ImageFacts | None) -> None:
     """The facts a validator's copy detection uses (DESIGN.md §4.6)."""
     table = Table(title="Image facts (what copy detection compares)", show_header=False)
-    manifest = screened.manifest
-    if manifest is not None:
-        table.add_row("digest", manifest.digest)
-        if manifest.platform_digest != manifest.digest:
-            table.add_row("linux/amd64 manifest", manifest.platform_digest)
-        table.add_row("compressed size", f"{manifest.compressed_size / 1e9:.3f} GB")
+    if screened.image is not None:
+        table.add_row("digest", screened.image.digest)
+    if screened.listing is not None:
+        table.add_row("compressed size", f"{screened.listing.compressed_size / 1e9:.3f} GB")
     if facts is not None and facts.config_digest is not None:
         table.add_row("config digest", facts.config_digest)
-    layers = manifest.diff_ids if manifest is not None else (facts.layer_diff_ids if facts else ())
+    layers = screened.listing.layers if screened.listing else ()
+    if not layers and facts is not None:
+        layers = facts.layer_diff_ids
     for index, layer in enumerate(layers):
         table.add_row(f"layer {index}", f"{layer}  ({_whose(layer, screened)})")
     if table.row_count:
@@ -143,13 +157,20 @@ _RESPONSE_RULE = {
 }
 
 
-def verdict(out: Console, judged: LocalVerdict, sigma: float, floor: float) -> None:
-    if judged.vs_baseline is not None:
-        out.print(f"speed: {judged.vs_baseline.text()}", highlight=False)
-    if judged.vs_baseline is not None or judged.decision is not None:
+def verdict(out: Console, judged: Judgement, sigma: float, floor: float) -> None:
+    ratio, evidence = judged.ratio, judged.vs_baseline
+    if ratio is not None and evidence is not None:
+        n = evidence.launches
+        out.print(
+            f"speed: x{math.exp(ratio.estimate):.4f} vs the baseline (bounds"
+            f" x{math.exp(ratio.lower):.4f} .. x{math.exp(ratio.upper):.4f},"
+            f" {n} launch{'es' if n != 1 else ''})",
+            highlight=False,
+        )
+    if ratio is not None or judged.decision is not None:
         noise = "the configured floor" if sigma <= floor else "given with --sigma"
         out.print(f"launch noise sigma_L = {sigma:.4f} (log scale, {noise})", highlight=False)
-    if judged.behaves_like_leader:
+    if judged.behaves_like is not None:
         out.print(
             f"[yellow]{ReasonCode.BEHAVIOURAL_COPY.value}[/yellow]: "
             f"{meaning(ReasonCode.BEHAVIOURAL_COPY, Outcome.PASS)}"

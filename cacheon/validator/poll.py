@@ -1,32 +1,37 @@
 """Step 1 of the loop: read the chain at one block and turn commitments into a queue.
 
 Every commitment is parsed (a malformed one is FAILed with its reason), its digest's first-seen
-block is folded into our ledger, and each new digest is pre-screened through the registry before
-any GPU money is spent: the manifest must exist, list linux/amd64 and fit the size limit. Then
-copies (same digest, or another holder's layers inside ours) are FAILed, terminal verdicts under
-the same evaluation version are replayed, and what is left, undecided, is the queue.
+block is folded into our ledger, and each new digest is listed by the registry. Then the arena's
+pre-screen (`arena.screen`, the same rule `cacheon-miner check` applies) fails what is missing,
+too large or a copy, terminal verdicts under the same evaluation version are replayed, and what
+is left, undecided, is the queue. Nothing here spends GPU money.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from cacheon.arena import Queued, Submission, find_copy, first_seen, replay
-from cacheon.chain import firstseen
+from cacheon.arena import (
+    Listing,
+    Queued,
+    Submission,
+    Unlisted,
+    first_seen,
+    replay,
+    screen,
+)
 from cacheon.chain.client import ChainClient, ChainState
-from cacheon.chain.commitments import ImageRef, Rejection, parse_reference, parse_submission
+from cacheon.chain.commitments import Rejection, parse_reference, parse_submission
 from cacheon.chain.commitments import Submission as ChainSubmission
-from cacheon.chain.registry import ImageManifest, RegistryProblem, fetch_manifest
+from cacheon.chain.registry import fetch_manifest
 from cacheon.config import Settings
 from cacheon.log import get_logger
 from cacheon.protocol import Digest, Hotkey, Outcome, ReasonCode, Uid
+from cacheon.validator.screening import ManifestFetcher, list_image
 from cacheon.validator.state import EvidenceKind, SubmissionRecord, ValidatorState, Verdict
 
 log = get_logger("cacheon.validator.poll")
-
-ManifestFetcher = Callable[[ImageRef], Awaitable[ImageManifest]]
 
 _CONTESTANT_REGISTRY_FAULTS = frozenset(
     {ReasonCode.MANIFEST_NOT_FOUND, ReasonCode.NO_AMD64_PLATFORM, ReasonCode.IMAGE_TOO_LARGE}
@@ -40,6 +45,13 @@ class Polled:
     """Eligible, undecided current submissions with the launches already spent on them."""
     verdicts: tuple[Verdict, ...]
     """Verdicts this poll reached (pre-screen, copies, replays)."""
+
+
+@dataclass(frozen=True)
+class _Listed:
+    submission: Submission
+    image: str
+    answer: Listing | Unlisted
 
 
 class Poller:
@@ -84,25 +96,34 @@ class Poller:
             else:
                 parsed.append((commitment.uid, result))
 
-        firstseen.record(self._state.db, [sub for _, sub in parsed])
-        records: list[SubmissionRecord] = []
-        for uid, sub in parsed:
-            record = await self._screen(uid, sub)
-            if isinstance(record, Verdict):
-                verdicts += self._once(record)
-            elif record is not None:
-                records.append(record)
-        self._state.record_submissions(records)
+        self._state.record_first_seen([sub for _, sub in parsed])
+        listed = [found for uid, sub in parsed if (found := await self._listed(uid, sub))]
+        self._state.record_submissions(
+            SubmissionRecord(
+                Submission(
+                    entry.submission.hotkey,
+                    entry.submission.uid,
+                    entry.submission.digest,
+                    entry.submission.first_seen,
+                    frozenset(entry.answer.layers),
+                ),
+                entry.image,
+                entry.answer.compressed_size,
+                current=True,
+            )
+            for entry in listed
+            if isinstance(entry.answer, Listing)
+        )
 
         history = [r.submission for r in self._state.submissions()]
         base = await self._base()
         queue: list[Queued] = []
-        for record in records:
-            entry = self._entry(record.submission, history, base, opponent, holders)
-            if isinstance(entry, Verdict):
-                verdicts += self._once(entry)
-            elif entry is not None:
-                queue.append(entry)
+        for entry in listed:
+            place = self._entry(entry, history, base, opponent, holders)
+            if isinstance(place, Verdict):
+                verdicts += self._once(place)
+            elif place is not None:
+                queue.append(place)
         if verdicts:
             self._state.add_verdicts(verdicts)
         for v in verdicts:
@@ -113,19 +134,33 @@ class Poller:
 
     def _entry(
         self,
-        sub: Submission,
+        entry: _Listed,
         history: list[Submission],
         base: frozenset[str] | None,
         opponent: Digest | None,
         holders: frozenset[tuple[Hotkey, Digest]],
     ) -> Queued | Verdict | None:
-        """The submission's place in the queue, the verdict that ends it, or None if decided."""
-        if self._decided(sub):
+        """The submission's place in the queue, the verdict that ends it, or None if decided
+        (or waiting for the registry)."""
+        if self._decided(entry.submission):
             return None
-        copy = find_copy(sub, history, base) if base is not None else None
-        if copy is not None:
-            detail = f"copy of {copy.of}" if copy.of else "no layers beyond the baseline's"
-            return self._verdict(sub, Outcome.FAIL, copy.reason, detail)
+        screened = screen(
+            entry.submission,
+            entry.answer,
+            max_bytes=int(self._settings.arena.max_image_gb * 1e9),
+            history=history,
+            base_layers=base,
+        )
+        sub = screened.submission
+        if screened.outcome is Outcome.FAIL:
+            return self._verdict(sub, Outcome.FAIL, screened.reason, screened.detail)
+        if screened.outcome is Outcome.NO_DECISION:
+            log.warning(
+                "pre-screen waits for the registry; retrying next poll",
+                image=entry.image,
+                reason=screened.detail,
+            )
+            return None
         again = replay(sub.digest, self._version, self._state.judged())
         if again is not None:
             return self._verdict(
@@ -158,43 +193,22 @@ class Poller:
         )
         return [] if same else [verdict]
 
-    async def _screen(self, uid: Uid, sub: ChainSubmission) -> SubmissionRecord | Verdict | None:
-        """The submission with its manifest facts, a FAIL verdict, or None to retry next poll."""
+    async def _listed(self, uid: Uid, sub: ChainSubmission) -> _Listed | None:
+        """The submission with the registry's answer for it, or None when nothing changes."""
         digest = sub.image.digest
-        recorded = firstseen.holders(self._state.db, digest)
+        recorded = self._state.first_seen_holders(digest)
         own = next((h.block for h in recorded if h.hotkey == sub.hotkey), None)
-        block = first_seen(sub.block, own)
+        submission = Submission(sub.hotkey, uid, digest, first_seen(sub.block, own))
+        image = sub.image.canonical
         known = self._state.submission(sub.hotkey, digest)
         if known is not None and known.submission.layers is not None:
-            return SubmissionRecord(
-                Submission(sub.hotkey, uid, digest, block, known.submission.layers),
-                known.image,
-                known.size,
-                current=True,
-            )
-        stub = Submission(sub.hotkey, uid, digest, block)
+            size = known.size if known.size is not None else 0
+            layers = tuple(sorted(known.submission.layers))
+            return _Listed(submission, known.image, Listing(size, layers))
         latest = self._state.latest_verdict(sub.hotkey, digest)
         if latest is not None and latest.reason in _CONTESTANT_REGISTRY_FAULTS:
             return None  # pre-screen already failed it; nothing changes for a digest
-        try:
-            manifest = await self._fetch(sub.image)
-        except RegistryProblem as problem:
-            if problem.reason in _CONTESTANT_REGISTRY_FAULTS:
-                return self._verdict(stub, Outcome.FAIL, problem.reason, str(problem))
-            log.warning(
-                "registry unavailable; retrying next poll",
-                image=sub.image.canonical,
-                reason=str(problem),
-            )
-            return None
-        limit = int(self._settings.arena.max_image_gb * 1e9)
-        if manifest.compressed_size > limit:
-            detail = f"{manifest.compressed_size / 1e9:.1f} GB compressed > {self._settings.arena.max_image_gb:g} GB"
-            return self._verdict(stub, Outcome.FAIL, ReasonCode.IMAGE_TOO_LARGE, detail)
-        layered = Submission(sub.hotkey, uid, digest, block, frozenset(manifest.diff_ids))
-        return SubmissionRecord(
-            layered, sub.image.canonical, manifest.compressed_size, current=True
-        )
+        return _Listed(submission, image, await list_image(sub.image, self._fetch))
 
     async def _base(self) -> frozenset[str] | None:
         """The baseline image's layers, which everyone may share; None until the registry answers."""
@@ -202,12 +216,11 @@ class Poller:
             image = parse_reference(self._settings.model.baseline_image)
             if isinstance(image, Rejection):
                 raise ValueError(f"model.baseline_image: {image.detail}")
-            try:
-                manifest = await self._fetch(image)
-            except RegistryProblem as problem:
-                log.warning("baseline manifest unavailable; copy checks wait", reason=str(problem))
+            answer = await list_image(image, self._fetch)
+            if isinstance(answer, Unlisted):
+                log.warning("baseline manifest unavailable; copy checks wait", reason=answer.detail)
                 return None
-            self._base_layers = frozenset(manifest.diff_ids)
+            self._base_layers = frozenset(answer.layers)
         return self._base_layers
 
     def _verdict(

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cacheon.arena import Holder
+from cacheon.arena import Holder, RoundResult
 from cacheon.config import Settings
 from cacheon.log import get_logger
 from cacheon.pods.base import BudgetExceeded, PodError
@@ -30,7 +30,6 @@ from cacheon.protocol import (
     ProgressEvent,
     ReasonCode,
     Role,
-    RoundReport,
     UploadSlot,
     Workload,
 )
@@ -66,16 +65,6 @@ class RoundPlan:
     job: JobSpec
     challengers: tuple[SubmissionRecord, ...]
     leader: Holder | None
-
-
-@dataclass(frozen=True)
-class RoundResult:
-    """A verified report, or why the round decides nothing (for everyone in it)."""
-
-    round_id: str
-    report: RoundReport | None
-    failure: ReasonCode | None = None
-    detail: str = ""
 
 
 def plan_round(

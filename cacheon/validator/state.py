@@ -1,4 +1,4 @@
-"""The validator's memory between rounds, over `store/db.py` (migration 5).
+"""The validator's memory between rounds, over `store/db.py`.
 
 The daemon is the only writer. Everything the arena needs to continue after a restart lives
 here: who committed what and when we first saw it, every verdict with its reason code, the
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from cacheon.arena import Change, Evidence, Holder, Judged, Standings, Submission
+from cacheon.chain import commitments, firstseen
 from cacheon.protocol import Attribution, Block, Digest, Hotkey, Outcome, ReasonCode, Uid
 from cacheon.store.db import Database
 
@@ -132,6 +133,34 @@ class ValidatorState:
             "SELECT * FROM submissions WHERE hotkey = ? AND digest = ?", (hotkey, digest)
         )
         return _submission(rows[0]) if rows else None
+
+    # --- first seen (DESIGN.md §3 step 1) --------------------------------------------------
+
+    def record_first_seen(self, submissions: Iterable[commitments.Submission]) -> None:
+        """Fold one poll's submissions into the ledger, keeping the earliest block per pair."""
+        rows = [(s.image.digest, s.hotkey, s.uid, s.block) for s in submissions]
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO first_seen (digest, hotkey, uid, block) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (digest, hotkey) DO UPDATE SET "
+                "block = MIN(block, excluded.block), uid = COALESCE(excluded.uid, uid)",
+                rows,
+            )
+
+    def first_seen_holders(self, digest: Digest) -> list[firstseen.Holder]:
+        """Every hotkey known to have held `digest`, first-seen first."""
+        rows = self.db.query(
+            "SELECT hotkey, uid, block FROM first_seen WHERE digest = ?", (digest,)
+        )
+        return firstseen.rank(
+            firstseen.Holder(
+                digest=digest,
+                hotkey=Hotkey(r["hotkey"]),
+                uid=None if r["uid"] is None else Uid(r["uid"]),
+                block=Block(r["block"]),
+            )
+            for r in rows
+        )
 
     # --- verdicts --------------------------------------------------------------------------
 
@@ -379,6 +408,10 @@ SUCCESS = frozenset({"set", "committed"})
 """Weights statuses that count as done (chain.weights.WeightsStatus values)."""
 
 
+EvidenceRow = tuple[Digest, EvidenceKind, Evidence, str | None]
+"""Evidence of one digest of one kind, with the moat decision's call for a test."""
+
+
 @dataclass(frozen=True)
 class ScoredRound:
     """Everything one scored round writes; built by `validator.scoring`."""
@@ -388,7 +421,7 @@ class ScoredRound:
     void: ReasonCode | None
     detail: str
     noise_pairs: tuple[float, ...]
-    evidence: tuple[tuple[Digest, EvidenceKind, Evidence, str | None], ...]
+    evidence: tuple[EvidenceRow, ...]
     behaves_like: tuple[tuple[Digest, Digest], ...]
     verdicts: tuple[Verdict, ...]
     standings: Standings

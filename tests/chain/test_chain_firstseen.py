@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from cacheon.chain.commitments import ImageRef, Submission
-from cacheon.chain.firstseen import first_holder, holders, holders_on_chain, record
+from cacheon.chain.firstseen import holders_on_chain
 from cacheon.protocol import Block, Digest, Hotkey, Uid
 from cacheon.store.db import Database
+from cacheon.validator.state import ValidatorState
 
 DIGEST = Digest("sha256:" + "ef" * 32)
 IMAGE = ImageRef("docker.io", "m/s", DIGEST)
@@ -24,11 +25,10 @@ def test_ties_in_one_block_go_to_the_lower_uid() -> None:
 
 def test_ledger_keeps_the_earliest_block(tmp_path: Path) -> None:
     with Database.open(tmp_path / "state.db") as db:
-        record(db, [_sub("late", 2, 20)])
-        record(db, [_sub("early", 5, 15)])
-        record(db, [_sub("early", 5, 40), _sub("late", 2, 30)])
-        assert [(h.hotkey, h.block) for h in holders(db, DIGEST)] == [("early", 15), ("late", 20)]
-        first = first_holder(db, DIGEST)
-        assert first is not None
-        assert first.hotkey == "early"
-        assert first_holder(db, Digest("sha256:" + "00" * 32)) is None
+        state = ValidatorState(db)
+        state.record_first_seen([_sub("late", 2, 20)])
+        state.record_first_seen([_sub("early", 5, 15)])
+        state.record_first_seen([_sub("early", 5, 40), _sub("late", 2, 30)])
+        ranked = state.first_seen_holders(DIGEST)
+        assert [(h.hotkey, h.block) for h in ranked] == [("early", 15), ("late", 20)]
+        assert state.first_seen_holders(Digest("sha256:" + "00" * 32)) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cacheon.arena import ArenaParams, Holder, Standings, Submission
+from cacheon.arena import ArenaParams, Holder, RoundResult, Standings, Submission
 from cacheon.protocol import (
     Block,
     Contestant,
@@ -24,7 +24,6 @@ from cacheon.protocol import (
     Uid,
 )
 from cacheon.store.db import Database
-from cacheon.validator.rounds import RoundResult
 from cacheon.validator.scoring import Scoring
 from cacheon.validator.state import SubmissionRecord, ValidatorState
 
