@@ -20,6 +20,7 @@ from pathlib import Path
 import bittensor as bt
 from pydantic import SecretStr
 
+from cacheon.arena import RoundResult
 from cacheon.chain.client import ChainClient
 from cacheon.chain.commitments import ImageRef, commitment_fields, split_fields
 from cacheon.chain.devnet import Devnet, SubnetParams
@@ -49,7 +50,7 @@ from cacheon.protocol import (
 from cacheon.store.db import Database
 from cacheon.store.objects import ObjectStore
 from cacheon.validator.daemon import Daemon, Parts
-from cacheon.validator.rounds import RoundResult, plan_round
+from cacheon.validator.rounds import plan_round
 from cacheon.validator.state import SubmissionRecord
 
 NETUID = 14
