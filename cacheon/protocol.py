@@ -342,10 +342,14 @@ class Launch(_Model):
     index: int
     contestant: str
     started_ns: int
+    """Before its pull and start-up."""
     ended_ns: int
+    measured_from_ns: int | None = None
+    """When its first measured block started: with `measured_to_ns`, the window its speed was
+    measured in, whose midpoint places it in time for the bookend interpolation (§4.5)."""
+    measured_to_ns: int | None = None
+    """When its last measured block ended."""
     levels: tuple[LevelMeasurement, ...] = ()
-    """sha256 over the token ids and logprob bit patterns of the measured responses, so the
-    validator can flag a behavioural copy of the leader (DESIGN.md §4.6) without the outputs."""
     outcome: Outcome | None = None
     reason: ReasonCode | None = None
     detail: str = ""

@@ -15,6 +15,7 @@ from cacheon.arena.judge import (
     RoundResult,
     decision_text,
     judge,
+    settle,
 )
 from cacheon.arena.measure import (
     DRIFT_SIGMAS,
@@ -126,5 +127,6 @@ __all__ = [
     "replay",
     "screen",
     "select_challengers",
+    "settle",
     "weights",
 ]

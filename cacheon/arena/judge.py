@@ -18,7 +18,7 @@ from types import MappingProxyType
 from cacheon.arena.attribution import FAILURES, attribute, charge
 from cacheon.arena.measure import Evidence, Roster, behavioural_copies, measure_round
 from cacheon.arena.params import ArenaParams
-from cacheon.arena.standings import Crown, Holder
+from cacheon.arena.standings import Crown, Holder, Transition
 from cacheon.arena.verdict import Bounds, Call, Decision, bounds, decide
 from cacheon.protocol import (
     Attribution,
@@ -82,6 +82,8 @@ class Judgement:
     """This round added a charge."""
     decision: Decision | None = None
     """The moat decision, against the leader or the baseline, with all evidence so far."""
+    increment: Evidence | None = None
+    """This round's part of the decision's evidence."""
     vs_baseline: Evidence | None = None
     """All evidence against the baseline so far, this round's launches included."""
     ratio: Bounds | None = None
@@ -114,9 +116,9 @@ class RoundJudgement:
     @property
     def crowns(self) -> tuple[Crown, ...]:
         return tuple(
-            Crown(j.holder, j.decision.evidence.against, j.decision.bounds.lower)
+            Crown(j.holder, j.decision.evidence.against, j.decision.bounds.lower, j.increment.mean)
             for j in self.judgements
-            if j.decision is not None and j.decision.call is Call.CROWNED
+            if j.decision is not None and j.decision.call is Call.CROWNED and j.increment
         )
 
     def of(self, key: str) -> Judgement | None:
@@ -184,7 +186,13 @@ def judge(
             decision = decide(prior, increment, sigma, params)
             detail = decision_text(decision, opponent, params)
             judgements.append(
-                replace(passed, reason=CALL_REASON[decision.call], detail=detail, decision=decision)
+                replace(
+                    passed,
+                    reason=CALL_REASON[decision.call],
+                    detail=detail,
+                    decision=decision,
+                    increment=increment,
+                )
             )
     return RoundJudgement(
         job.round_id,
@@ -193,6 +201,26 @@ def judge(
         pairs=measured.pairs,
         judgements=tuple(judgements),
     )
+
+
+def settle(judged: RoundJudgement, moved: Transition) -> RoundJudgement:
+    """The round's judgements once the standings have moved: a challenger that crowned but was
+    not installed (`Transition.displaced`) is pending against whoever leads now, its evidence
+    against the old leader closed and its numbers kept in the detail."""
+    if not moved.displaced:
+        return judged
+    leader = moved.standings.leader
+    now = "the new leader" if leader is not None else "the next leader"
+    note = "; not installed (another crown of this round was faster, or it may not lead):"
+
+    def pending(j: Judgement) -> Judgement:
+        if j.holder not in moved.displaced or j.decision is None:
+            return j
+        decision = replace(j.decision, call=Call.PENDING)
+        detail = f"{j.detail}{note} pending against {now}"
+        return replace(j, reason=ReasonCode.PENDING, detail=detail, decision=decision)
+
+    return replace(judged, judgements=tuple(pending(j) for j in judged.judgements))
 
 
 def decision_text(decision: Decision, opponent: str, params: ArenaParams) -> str:

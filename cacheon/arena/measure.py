@@ -18,8 +18,10 @@ from typing import Final
 from cacheon.protocol import Digest, JobSpec, Launch, Outcome, ReasonCode, Role, RoundReport
 
 DRIFT_SIGMAS: Final = 4.0
-"""A round whose B'/B or L'/L is further from 1 than this many of its own standard deviations
-(sqrt(2) sigma_L: a pair is two launches) decides nothing; by chance that is 1 pair in 16,000."""
+"""A round whose B'/B is further from 1 than this many of its own standard deviations (sqrt(2)
+sigma_L: a pair is two launches) decides nothing; by chance that is 1 pair in 16,000. Only the
+pinned baseline's pair can void a round: an L'/L beyond the bound is the leader's instability,
+and the challengers are then compared with the leader as the baseline measures it."""
 
 
 @dataclass(frozen=True)
@@ -120,13 +122,17 @@ def launch_speeds(report: RoundReport) -> tuple[TimedSpeed, ...]:
     if {concurrency for concurrency, _ in common} != levels:
         raise RoundVoid(ReasonCode.CLIENT_SATURATED)
     return tuple(
-        TimedSpeed(
-            launch.contestant,
-            (launch.started_ns + launch.ended_ns) / 2,
-            _log_speed(launch, common),
-        )
+        TimedSpeed(launch.contestant, launch_time(launch), _log_speed(launch, common))
         for launch in measured
     )
+
+
+def launch_time(launch: Launch) -> float:
+    """Where a launch sits in time for the interpolation: the midpoint of its measured window
+    (first measured block start to last block end), never its pull or start-up (§4.5)."""
+    if launch.measured_from_ns is not None and launch.measured_to_ns is not None:
+        return (launch.measured_from_ns + launch.measured_to_ns) / 2
+    return (launch.started_ns + launch.ended_ns) / 2
 
 
 def _clean_blocks(launch: Launch) -> set[tuple[int, int]]:
@@ -165,13 +171,17 @@ class RoundEvidence:
     """What one round adds to each contestant's evidence."""
 
     pairs: tuple[float, ...]
-    """log(B'/B) and log(L'/L): the round's contribution to the launch-noise history."""
+    """log(B'/B): the round's contribution to the launch-noise history. Only the pinned
+    baseline's pairs are trusted: a leader could widen its own L'/L to slow every challenger."""
     void: ReasonCode | None = None
     """Why the round decides nothing (validator-attributed); the evidence maps are then empty."""
     vs_baseline: Mapping[Digest, Evidence] = field(default_factory=dict)
     """Every measured contestant but the baseline, leader included, against the baseline."""
     tests: Mapping[Digest, Evidence] = field(default_factory=dict)
     """Each challenger against its opponent: the leader, or the baseline when there is none."""
+    leader_unstable: float | None = None
+    """log(L'/L) when it was beyond the drift bound: the challengers were then compared with the
+    leader's mean ratio to the baseline in this round instead of its interpolated launches."""
 
 
 def measure_round(job: JobSpec, report: RoundReport, sigma: float) -> RoundEvidence:
@@ -188,7 +198,10 @@ def compare(roster: Roster, speeds: Iterable[TimedSpeed], sigma: float) -> Round
 
     Both opponents are interpolated linearly in time on the log scale between the launches that
     bracket the contestant, which cancels linear drift; a launch outside the bookends is not
-    compared.
+    compared. When the leader's own bookends disagree beyond the drift bound, its launches cannot
+    be interpolated, and a contestant can only hurt itself: each challenger's ratio to the
+    baseline is compared with the leader's mean ratio to the baseline in this round, which an
+    unstable leader can only lower (it cannot run faster than it can).
     """
     by_key: dict[str, list[TimedSpeed]] = defaultdict(list)
     for speed in sorted(speeds, key=lambda s: (s.at, s.key)):
@@ -196,11 +209,10 @@ def compare(roster: Roster, speeds: Iterable[TimedSpeed], sigma: float) -> Round
     baseline = by_key.get(roster.baseline.key, [])
     if len(baseline) < 2:
         return RoundEvidence(pairs=(), void=ReasonCode.BASELINE_UNSTABLE)
-    leader = by_key.get(roster.leader.key, []) if roster.leader else []
-    bookends = [runs for runs in (baseline, leader) if len(runs) >= 2]
-    pairs = tuple(runs[-1].log_speed - runs[0].log_speed for runs in bookends)
-    if any(abs(pair) > DRIFT_SIGMAS * math.sqrt(2) * sigma for pair in pairs):
-        return RoundEvidence(pairs=pairs, void=ReasonCode.DRIFT)
+    bound = DRIFT_SIGMAS * math.sqrt(2) * sigma
+    pair = baseline[-1].log_speed - baseline[0].log_speed
+    if abs(pair) > bound:
+        return RoundEvidence(pairs=(pair,), void=ReasonCode.DRIFT)
 
     contestants = [*([roster.leader] if roster.leader else []), *roster.challengers]
     vs_baseline = {
@@ -208,21 +220,43 @@ def compare(roster: Roster, speeds: Iterable[TimedSpeed], sigma: float) -> Round
         for entry in contestants
         if (evidence := _against(by_key.get(entry.key, []), baseline, roster.baseline.digest))
     }
+    challengers = [entry for entry in roster.challengers if entry.digest in vs_baseline]
     if roster.leader is None:
-        tests = {
-            entry.digest: vs_baseline[entry.digest]
-            for entry in roster.challengers
-            if entry.digest in vs_baseline
-        }
-    else:
-        against = roster.leader.digest
+        tests = {entry.digest: vs_baseline[entry.digest] for entry in challengers}
+        return RoundEvidence(pairs=(pair,), vs_baseline=vs_baseline, tests=tests)
+    against = roster.leader.digest
+    leader = by_key.get(roster.leader.key, [])
+    swing = leader[-1].log_speed - leader[0].log_speed if len(leader) >= 2 else None
+    if swing is not None and abs(swing) <= bound:
         tests = {
             entry.digest: evidence
-            for entry in roster.challengers
-            if len(leader) >= 2
-            and (evidence := _against(by_key.get(entry.key, []), leader, against))
+            for entry in challengers
+            if (evidence := _against(by_key.get(entry.key, []), leader, against))
         }
-    return RoundEvidence(pairs=pairs, vs_baseline=vs_baseline, tests=tests)
+        return RoundEvidence(pairs=(pair,), vs_baseline=vs_baseline, tests=tests)
+    measured = vs_baseline.get(against)
+    tests = (
+        {}
+        if measured is None
+        else {e.digest: _via(vs_baseline[e.digest], measured, against) for e in challengers}
+    )
+    return RoundEvidence(pairs=(pair,), vs_baseline=vs_baseline, tests=tests, leader_unstable=swing)
+
+
+def _via(challenger: Evidence, leader: Evidence, against: Digest) -> Evidence:
+    """A challenger's ratios to the baseline less the leader's mean ratio to it, per launch.
+
+    The variance adds the leader's mean's, once per challenger launch and squared (they share
+    it); the two share baseline launches too, whose positive covariance is left out, which
+    overstates the variance: the bound is conservative, never the challenger's gain.
+    """
+    n = challenger.launches
+    return Evidence(
+        against,
+        n,
+        challenger.total - n * leader.mean,
+        challenger.variance_units + n * n * leader.variance_units / leader.launches**2,
+    )
 
 
 def _against(

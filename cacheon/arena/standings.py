@@ -51,6 +51,10 @@ class Crown:
     over: Digest
     """The opponent it beat: the leader's digest, or the baseline's when there was no leader."""
     lower: float
+    in_round: float
+    """Its mean log-ratio to the opponent over this round's launches alone. Two crowns of one
+    round are compared on this: their launches share the round's bookends, while their
+    cumulative bounds may come from different numbers of looks."""
 
 
 class ChangeKind(StrEnum):
@@ -78,6 +82,10 @@ class Transition:
     standings: Standings
     changes: tuple[Change, ...]
     """What happened to the lead, in order (a dethroning, then a promotion or a crown)."""
+    displaced: tuple[Holder, ...] = ()
+    """Challengers that crowned but were not installed: another crown of the round was faster,
+    or they may not lead (a flagged copy). CROWNED is terminal only for the one installed; these
+    stay pending against whoever leads now."""
 
 
 def advance(
@@ -91,8 +99,9 @@ def advance(
 
     `contenders` holds every submission still in the running with its latest verdict (the
     leader's and the runner-up's included); `registered` the hotkeys of the current metagraph.
-    Crowns count only over the leader that held at the start of the round and still holds (or
-    over `baseline` when there was none); among several the highest lower bound wins.
+    Crowns count only over the leader that held at the start of the round (or over `baseline`
+    when there was none), and never for a behavioural copy of it; among several, the one fastest
+    in this round's direct comparison wins and the others are `displaced`.
     """
     pool: dict[Holder, Contender] = {}
     for contender in contenders:
@@ -112,24 +121,37 @@ def advance(
         leader = None
 
     beaten = current.leader.digest if current.leader is not None else baseline
+    failed = any(change.loss is Loss.FAILED for change in changes)
     valid = [
         crown
         for crown in crowns
         if crown.over == beaten
+        and not failed  # beating a failing server proves nothing
         and standing(crown.holder)
-        and (current.leader is None or leader is not None)
+        and beaten not in _flags(pool, crown)
     ]
+    installed = None
     if valid:
-        best = min(valid, key=lambda crown: (-crown.lower, *_precedence(pool[crown.holder])))
-        leader = best.holder
+        # a crown over a leader that deregistered this round still counts: it beat that leader
+        best = min(valid, key=lambda crown: (-crown.in_round, *_precedence(pool[crown.holder])))
+        installed = leader = best.holder
         changes.append(Change(ChangeKind.CROWNED, leader))
     elif leader is None and current.runner_up is not None and standing(current.runner_up):
         leader = current.runner_up
         changes.append(Change(ChangeKind.PROMOTED, leader))
-
+    displaced = tuple(sorted({crown.holder for crown in crowns} - {installed}, key=_order))
     return Transition(
-        Standings(leader, _runner_up(leader, pool.values(), standing)), tuple(changes)
+        Standings(leader, _runner_up(leader, pool.values(), standing)), tuple(changes), displaced
     )
+
+
+def _order(holder: Holder | None) -> tuple[str, str]:
+    return ("", "") if holder is None else (holder.hotkey, holder.digest)
+
+
+def _flags(pool: dict[Holder, Contender], crown: Crown) -> frozenset[Digest]:
+    found = pool.get(crown.holder)
+    return frozenset() if found is None else found.behaves_like
 
 
 def _runner_up(

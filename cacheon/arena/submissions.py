@@ -198,7 +198,10 @@ class Queued:
 
     submission: Submission
     launches: int
-    """Launches already spent against the current opponent; more than 0 means in progress."""
+    """Launches already spent against the current opponent."""
+    pending: bool = False
+    """Its evaluation is in progress (launches spent, or a crown that was not installed): it
+    continues without waiting for the cooldown."""
 
 
 class Deferral(StrEnum):
@@ -245,6 +248,7 @@ def select_challengers(
         started = last_started.get(submission.hotkey)
         if (
             entry.launches == 0
+            and not entry.pending
             and started is not None
             and now - started < params.min_blocks_between_evaluations
         ):

@@ -114,16 +114,16 @@ def decide(
     """Add a round's evidence to a pending challenger's and look once.
 
     Prior evidence against another opponent (the leader changed) is discarded: the question, and
-    its error budget, start afresh. The lower bound must clear log(1 + moat) to crown.
+    its error budget, start afresh. The lower bound must clear log(1 + moat) to crown. Persisted
+    evidence may come from other parameters (an upgrade lowered `max_launches`, say): a look
+    never raises on it; a budget already spent decides with what it has, spending no more error.
     """
-    if increment.launches <= 0:
-        raise ValueError("a look needs at least one new launch")
     if prior is None or prior.against != increment.against:
         prior = Evidence(increment.against)
-    if prior.launches >= params.max_launches:
-        raise ValueError("this challenger's launch budget was spent at an earlier look")
     evidence = prior.plus(increment)
-    level = alpha_spent(evidence.launches, params) - alpha_spent(prior.launches, params)
+    if evidence.launches <= 0:
+        return Decision(Call.PENDING, evidence, Bounds(0.0, -math.inf, math.inf), 0.0)
+    level = max(0.0, alpha_spent(evidence.launches, params) - alpha_spent(prior.launches, params))
     se = evidence.standard_error(sigma)
     lower = evidence.mean - _z(level) * se
     upper = evidence.mean + _z(FUTILITY_LEVEL) * se

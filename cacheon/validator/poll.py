@@ -171,7 +171,13 @@ class Poller:
         evidence = self._state.evidence(sub.digest, EvidenceKind.TEST)
         against = opponent if opponent is not None else _baseline_digest(self._settings)
         spent = evidence.launches if evidence is not None and evidence.against == against else 0
-        return Queued(sub, spent)
+        latest = self._state.latest_verdict(sub.hotkey, sub.digest)
+        pending = (
+            latest is not None
+            and latest.reason is ReasonCode.PENDING
+            and latest.evaluation_version == self._version
+        )
+        return Queued(sub, spent, pending or spent > 0)
 
     def _decided(self, sub: Submission) -> bool:
         latest = self._state.latest_verdict(sub.hotkey, sub.digest)

@@ -25,6 +25,7 @@ from cacheon.arena import (
     bounds,
     judge,
     pooled_sigma,
+    settle,
 )
 from cacheon.protocol import Block, Digest, Hotkey, JobSpec, Outcome, Role
 from cacheon.validator.state import EvidenceKind, EvidenceRow, ScoredRound, ValidatorState, Verdict
@@ -46,14 +47,21 @@ class Scoring:
     ) -> ScoredRound:
         sigma = pooled_sigma(self.state.noise_pairs(), self.params.sigma_floor)
         judged = judge(job, result, self.params, sigma, self.history(job))
-        verdicts = tuple(self._verdict(j, job.round_id) for j in judged.verdicts)
         behaves = tuple(
             (j.holder.digest, j.behaves_like)
             for j in judged.judgements
             if j.behaves_like is not None
         )
-        contenders = self._contenders(standings, verdicts, judged, behaves, sigma)
+        contenders = self._contenders(
+            standings,
+            [self._verdict(j, job.round_id) for j in judged.verdicts],
+            judged,
+            behaves,
+            sigma,
+        )
         moved = advance(standings, contenders, judged.crowns, registered, self.baseline)
+        judged = settle(judged, moved)
+        verdicts = tuple(self._verdict(j, job.round_id) for j in judged.verdicts)
         return ScoredRound(
             round_id=job.round_id,
             report=None if result.report is None else result.report.model_dump_json(),

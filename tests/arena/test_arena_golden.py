@@ -1,5 +1,5 @@
-"""Rounds end to end, as the validator will chain the arena's functions: fixed reports in,
-exact standings and weight vectors out."""
+"""Rounds end to end, as the validator chains the arena's functions (judge, advance, settle):
+fixed reports in, exact standings and weight vectors out."""
 
 from __future__ import annotations
 
@@ -13,18 +13,17 @@ from cacheon.arena import (
     Change,
     ChangeKind,
     Contender,
-    Crown,
     Evidence,
+    History,
     Holder,
     Loss,
-    Roster,
+    RoundResult,
     Standings,
     advance,
-    behavioural_copies,
     bounds,
-    decide,
-    measure_round,
+    judge,
     pooled_sigma,
+    settle,
     weights,
 )
 from cacheon.protocol import (
@@ -68,6 +67,8 @@ class Validator:
     passing: dict[Holder, bool] = field(default_factory=dict)
     behaves_like: dict[Digest, frozenset[Digest]] = field(default_factory=dict)
     first_seen: dict[Holder, int] = field(default_factory=dict)
+    crowned: tuple[Holder, ...] = ()
+    """Who crowned in the last round, installed or not."""
 
     def round(
         self,
@@ -80,23 +81,16 @@ class Validator:
             self.passing[entry] = entry not in failed
             self.first_seen.setdefault(entry, len(self.first_seen))
         sigma = pooled_sigma(self.pairs, self.params.sigma_floor)
-        measured = measure_round(job, report, sigma)
-        assert measured.void is None
-        self.pairs.extend(measured.pairs)
-        for d, evidence in measured.vs_baseline.items():
-            self.vs_baseline[d] = (
-                self.vs_baseline[d].plus(evidence) if d in self.vs_baseline else evidence
-            )
-        roster = Roster.from_job(job)
-        for d in behavioural_copies(roster, report):
-            self.behaves_like[d] = self.behaves_like.get(d, frozenset()) | {roster.leader.digest}  # type: ignore[union-attr]
-        won = []
-        for d, increment in measured.tests.items():
-            decision = decide(self.tests.get(d), increment, sigma, self.params)
-            self.tests[d] = decision.evidence
-            self.calls[d] = decision.call
-            if decision.call is Call.CROWNED:
-                won.append(Crown(self._holder(d), increment.against, decision.bounds.lower))
+        history = History(dict(self.tests), dict(self.vs_baseline))
+        judged = judge(job, RoundResult("r", report), self.params, sigma, history)
+        assert judged.void is None
+        self.pairs.extend(judged.pairs)
+        for j in judged.judgements:
+            if j.vs_baseline is not None:
+                self.vs_baseline[j.holder.digest] = j.vs_baseline
+            if j.behaves_like is not None:
+                flags = self.behaves_like.get(j.holder.digest, frozenset())
+                self.behaves_like[j.holder.digest] = flags | {j.behaves_like}
         contenders = [
             Contender(
                 h,
@@ -109,7 +103,12 @@ class Validator:
             )
             for h, ok in self.passing.items()
         ]
-        moved = advance(self.standings, contenders, won, registered, BASELINE)
+        self.crowned = tuple(crown.holder for crown in judged.crowns)
+        moved = advance(self.standings, contenders, judged.crowns, registered, BASELINE)
+        for j in settle(judged, moved).judgements:
+            if j.decision is not None:
+                self.tests[j.holder.digest] = j.decision.evidence
+                self.calls[j.holder.digest] = j.decision.call
         self.standings = moved.standings
         return moved.changes
 
@@ -133,7 +132,10 @@ class Validator:
             key = keys.setdefault(who, f"C{index}")
             role = Role.BASELINE if who is None else Role.LEADER if key == "L" else Role.CHALLENGER
             image = BASELINE if who is None else who.digest
-            contestants[key] = Contestant(key=key, role=role, image=f"docker.io/x/y@{image}")
+            hotkey = None if who is None else who.hotkey
+            contestants[key] = Contestant(
+                key=key, role=role, hotkey=hotkey, image=f"docker.io/x/y@{image}"
+            )
             launches.append(
                 Launch(
                     index=index,
@@ -231,3 +233,45 @@ def test_a_copy_of_the_leader_is_not_crowned_on_noise(params: ArenaParams) -> No
     assert v.calls[CAROL.digest] is Call.NOT_FASTER
     assert rounds <= params.max_launches
     assert v.standings == Standings(ALICE, CAROL)
+
+
+def test_two_crowns_in_one_round_install_the_faster(params: ArenaParams) -> None:
+    # bob (+6.7%) has been pending for three rounds; carol (+21%) arrives in his fourth. Both
+    # crown; the cumulative bounds come from different looks (bob's is tighter), so the new
+    # leader is decided on this round's launches, and bob stays pending against carol
+    v = Validator(params)
+    v.round([(None, 1.0, None), (ALICE, 1.3, None), (None, 1.0, None)])
+    for _ in range(3):
+        v.round(
+            [(None, 1.0, None), (ALICE, 1.3, None), (BOB, 1.3 * 1.067, None), (ALICE, 1.3, None),
+             (None, 1.0, None)]
+        )  # fmt: skip
+        assert v.calls[BOB.digest] is Call.PENDING
+    changes = v.round(
+        [(None, 1.0, None), (ALICE, 1.3, None), (BOB, 1.3 * 1.067, None),
+         (CAROL, 1.3 * 1.21, None), (ALICE, 1.3, None), (None, 1.0, None)]
+    )  # fmt: skip
+    assert set(v.crowned) == {BOB, CAROL}
+    assert changes == (Change(ChangeKind.CROWNED, CAROL),)
+    assert v.standings.leader == CAROL
+    assert v.calls[BOB.digest] is Call.PENDING  # not installed: pending against carol
+    assert v.tests[BOB.digest].against == ALICE.digest  # its evidence against alice is closed
+
+
+def test_a_crown_over_a_leader_that_deregisters_in_the_same_round_installs_it(
+    params: ArenaParams,
+) -> None:
+    v = Validator(params)
+    v.round([(None, 1.0, None), (ALICE, 1.3, None), (BOB, 1.1, None), (None, 1.0, None)])
+    assert v.standings == Standings(ALICE, BOB)
+    gone = frozenset(UIDS) - {ALICE.hotkey}
+    changes = v.round(
+        [(None, 1.0, None), (ALICE, 1.3, None), (CAROL, 2.6, None), (ALICE, 1.3, None),
+         (None, 1.0, None)],
+        registered=gone,
+    )  # fmt: skip
+    assert changes == (
+        Change(ChangeKind.DETHRONED, ALICE, Loss.DEREGISTERED),
+        Change(ChangeKind.CROWNED, CAROL),
+    )
+    assert v.standings == Standings(CAROL, BOB)  # not the slower runner-up promoted

@@ -62,7 +62,7 @@ def close(a: Evidence, b: Evidence) -> bool:
 def test_compare_golden() -> None:
     result = compare(ROSTER, reversed(GOLDEN_ROUND), sigma=0.02)
     assert result.void is None
-    assert result.pairs == pytest.approx((0.01, 0.02))
+    assert result.pairs == pytest.approx((0.01,))  # the baseline's pair only: L'/L is untrusted
     # C1 at t=2 sits a third of the way from L (t=1) to L' (t=4)
     assert close(result.tests[C1.digest], Evidence(L.digest, 1, 0.25 - 0.20666666666666667, 14 / 9))
     assert close(result.tests[C2.digest], Evidence(L.digest, 1, 0.18 - 0.21333333333333333, 14 / 9))
@@ -100,7 +100,7 @@ def test_without_a_leader_challengers_are_tested_against_the_baseline() -> None:
     [
         (timed(("B", 0, 0.0), ("L", 1, 0.1), ("C1", 2, 0.1), ("L", 3, 0.1)), "baseline_unstable"),
         (timed(("B", 0, 0.0), ("C1", 1, 0.1), ("B", 2, 0.114)), "drift"),
-        (timed(("B", 0, 0.0), ("L", 1, 0.1), ("L", 3, -0.02), ("B", 4, 0.0)), "drift"),
+        (timed(("B", 0, 0.0), ("L", 1, 0.1), ("L", 3, -0.02), ("B", 4, 0.0)), None),
         (timed(("B", 0, 0.0), ("C1", 1, 0.1), ("B", 2, -0.113)), None),
     ],
 )
@@ -113,11 +113,36 @@ def test_round_void(runs: list[TimedSpeed], void: str | None) -> None:
         assert not result.vs_baseline
 
 
-def test_a_leader_measured_once_tests_nobody() -> None:
+def test_an_unstable_leader_never_voids_the_challengers() -> None:
+    # L'/L = -0.3 is far beyond the drift bound while B'/B is not: the leader's instability
+    runs = timed(("B", 0, 0.0), ("L", 1, 0.3), ("C1", 2, 0.25), ("L", 3, 0.0), ("B", 4, 0.0))
+    result = compare(ROSTER, runs, sigma=0.02)
+    assert result.void is None
+    assert result.pairs == (0.0,)
+    assert result.leader_unstable == pytest.approx(-0.3)
+    # the challenger is compared with the leader's mean ratio to the baseline (0.15), and the
+    # variance carries that mean's: the leader's 2 launches plus each baseline launch's summed
+    # weight (0.75 + 0.25) squared, over 2 ** 2
+    leader = result.vs_baseline[L.digest]
+    assert close(leader, Evidence(B.digest, 2, 0.3, 4.0))
+    expected = Evidence(L.digest, 1, 0.25 - 0.15, 1.5 + leader.variance_units / 4)
+    assert close(result.tests[C1.digest], expected)
+
+
+def test_a_leader_slowing_one_bookend_only_lowers_its_own_bar() -> None:
+    steady = timed(("B", 0, 0.0), ("L", 1, 0.3), ("C1", 2, 0.3), ("L", 3, 0.3), ("B", 4, 0.0))
+    slowed = timed(("B", 0, 0.0), ("L", 1, 0.3), ("C1", 2, 0.3), ("L", 3, -0.2), ("B", 4, 0.0))
+    fair = compare(ROSTER, steady, sigma=0.02).tests[C1.digest].mean
+    gamed = compare(ROSTER, slowed, sigma=0.02).tests[C1.digest].mean
+    assert fair == pytest.approx(0.0)
+    assert gamed > fair  # the challenger gains what the leader threw away
+
+
+def test_a_leader_measured_once_is_compared_through_the_baseline() -> None:
     runs = timed(("B", 0, 0.0), ("L", 1, 0.1), ("C1", 2, 0.3), ("B", 3, 0.0))
     result = compare(ROSTER, runs, sigma=0.02)
-    assert result.tests == {}
     assert set(result.vs_baseline) == {L.digest, C1.digest}
+    assert result.tests[C1.digest].mean == pytest.approx(0.2)
 
 
 def test_a_launch_outside_the_bookends_is_not_compared() -> None:

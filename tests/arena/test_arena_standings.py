@@ -57,7 +57,7 @@ FIELD = (
 
 
 def test_no_incumbent_a_crown_over_the_baseline_leads() -> None:
-    crowns = [Crown(BOB, BASELINE, 0.04)]
+    crowns = [Crown(BOB, BASELINE, 0.04, 0.04)]
     moved = advance(Standings(), FIELD, crowns, REGISTERED, BASELINE)
     assert moved.standings == Standings(BOB, ALICE)
     assert moved.changes == (Change(ChangeKind.CROWNED, BOB),)
@@ -86,8 +86,8 @@ def test_the_leader_defends() -> None:
     }
 
 
-def test_dethroned_by_the_highest_lower_bound() -> None:
-    crowns = [Crown(BOB, ALICE.digest, 0.02), Crown(CAROL, ALICE.digest, 0.03)]
+def test_dethroned_by_the_fastest_crown_of_the_round() -> None:
+    crowns = [Crown(BOB, ALICE.digest, 0.02, 0.02), Crown(CAROL, ALICE.digest, 0.03, 0.03)]
     moved = advance(Standings(ALICE, BOB), FIELD, crowns, REGISTERED, BASELINE)
     # the old leader is the best of the rest against the baseline
     assert moved.standings == Standings(CAROL, ALICE)
@@ -95,7 +95,7 @@ def test_dethroned_by_the_highest_lower_bound() -> None:
 
 
 def test_a_crown_over_a_stale_opponent_does_not_count() -> None:
-    crowns = [Crown(CAROL, BOB.digest, 0.5), Crown(BOB, BASELINE, 0.5)]
+    crowns = [Crown(CAROL, BOB.digest, 0.5, 0.5), Crown(BOB, BASELINE, 0.5, 0.5)]
     assert advance(Standings(ALICE, BOB), FIELD, crowns, REGISTERED, BASELINE).standings == (
         Standings(ALICE, BOB)
     )
@@ -118,7 +118,7 @@ def test_leader_deregisters_and_the_runner_up_is_promoted() -> None:
 
 def test_leader_fails_correctness_and_the_runner_up_is_promoted() -> None:
     field = (contender(ALICE, 0.10, passing=False), *FIELD[1:])
-    crowns = [Crown(CAROL, ALICE.digest, 0.2)]  # beating a failing server proves nothing
+    crowns = [Crown(CAROL, ALICE.digest, 0.2, 0.2)]  # beating a failing server proves nothing
     moved = advance(Standings(ALICE, BOB), field, crowns, REGISTERED, BASELINE)
     assert moved.standings == Standings(BOB, CAROL)
     assert moved.changes == (
@@ -144,7 +144,7 @@ def test_a_copy_of_the_leader_is_never_runner_up() -> None:
     assert moved.standings == Standings(ALICE, BOB)
     # against another leader the flag no longer applies
     crowned = advance(
-        Standings(ALICE, BOB), field, [Crown(CAROL, ALICE.digest, 0.1)], REGISTERED, BASELINE
+        Standings(ALICE, BOB), field, [Crown(CAROL, ALICE.digest, 0.1, 0.1)], REGISTERED, BASELINE
     )
     assert crowned.standings == Standings(CAROL, ALICE)
     gone = advance(Standings(ALICE, BOB), field, [], REGISTERED - {ALICE.hotkey}, BASELINE)
@@ -169,7 +169,11 @@ def test_a_leaders_new_digest_is_a_challenger_like_any_other() -> None:
         Standings(ALICE, BOB)
     )
     moved = advance(
-        Standings(ALICE, BOB), field, [Crown(ALICE_V2, ALICE.digest, 0.05)], REGISTERED, BASELINE
+        Standings(ALICE, BOB),
+        field,
+        [Crown(ALICE_V2, ALICE.digest, 0.05, 0.05)],
+        REGISTERED,
+        BASELINE,
     )
     assert moved.standings == Standings(ALICE_V2, BOB)
     assert weights(moved.standings, METAGRAPH, OWNER, 0.8) == {
@@ -180,7 +184,7 @@ def test_a_leaders_new_digest_is_a_challenger_like_any_other() -> None:
 
 def test_ties_go_to_the_earlier_submission() -> None:
     field = (contender(BOB, 0.05, first_seen=20), contender(CAROL, 0.05, first_seen=10))
-    crowns = [Crown(BOB, BASELINE, 0.03), Crown(CAROL, BASELINE, 0.03)]
+    crowns = [Crown(BOB, BASELINE, 0.03, 0.03), Crown(CAROL, BASELINE, 0.03, 0.03)]
     assert advance(Standings(), field, crowns, REGISTERED, BASELINE).standings == (
         Standings(CAROL, BOB)
     )
@@ -212,7 +216,13 @@ contenders = st.lists(
 )
 opponents = st.sampled_from([BASELINE, *(h.digest for h in HOLDERS)])
 crowns = st.lists(
-    st.builds(Crown, st.sampled_from(HOLDERS), opponents, st.floats(min_value=0.0, max_value=0.1)),
+    st.builds(
+        Crown,
+        st.sampled_from(HOLDERS),
+        opponents,
+        st.floats(min_value=0.0, max_value=0.1),
+        st.floats(min_value=0.0, max_value=0.1),
+    ),
     max_size=4,
 )
 standings = st.builds(

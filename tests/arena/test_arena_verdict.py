@@ -99,11 +99,21 @@ def test_the_evidence_restarts_against_a_new_leader(params: ArenaParams) -> None
     assert decision.evidence == Evidence(LEADER, 1, 0.03, 1.5)
 
 
-def test_a_look_needs_new_launches_and_budget(params: ArenaParams) -> None:
-    with pytest.raises(ValueError, match="new launch"):
-        decide(None, Evidence(LEADER), 0.02, params)
-    with pytest.raises(ValueError, match="spent"):
-        decide(Evidence(LEADER, 8, 0.0, 12.0), Evidence(LEADER, 1, 0.0, 1.5), 0.02, params)
+def test_a_look_never_raises_on_persisted_evidence(params: ArenaParams) -> None:
+    # no launches at all: nothing to decide, nothing spent
+    empty = decide(None, Evidence(LEADER), 0.02, params)
+    assert (empty.call, empty.level) == (Call.PENDING, 0.0)
+    # a budget spent at an earlier look (or lowered by an upgrade) decides with what it has
+    # and spends no more error: even an overwhelming lead is not crowned past the budget
+    spent = decide(Evidence(LEADER, 8, 0.0, 12.0), Evidence(LEADER, 1, 0.5, 1.5), 0.02, params)
+    assert spent.call is Call.NOT_FASTER
+    assert spent.level == 0.0
+    assert spent.evidence.launches == 9
+    lowered = ArenaParams(**{**vars(params), "max_launches": 3})
+    assert (
+        decide(Evidence(LEADER, 5, 0.05, 7.5), Evidence(LEADER, 1, 0.01, 1.5), 0.02, lowered).call
+        is Call.NOT_FASTER
+    )
 
 
 def test_display_bounds() -> None:

@@ -40,7 +40,7 @@ from cacheon.protocol import (
 )
 from cacheon.store.db import Database
 from cacheon.validator.scoring import Scoring
-from cacheon.validator.state import SubmissionRecord, ValidatorState
+from cacheon.validator.state import SubmissionRecord, ValidatorState, Verdict
 
 PARAMS = ArenaParams(0.01, 0.01, 8, 0.02, 4, 0, 0.8)
 SIGMA = PARAMS.sigma_floor  # what both paths use with no noise history and no --sigma
@@ -180,6 +180,20 @@ def _validator(tmp_path: Path, job: JobSpec, result: RoundResult) -> tuple[objec
         )
         leading = any(c.key == "L" for c in job.contestants)
         standings = Standings(leader if leading else None)
+        if leading:  # the leader holds its place by an earlier crown
+            state.add_verdicts(
+                [
+                    Verdict(
+                        leader.hotkey,
+                        leader.digest,
+                        Outcome.PASS,
+                        ReasonCode.CROWNED,
+                        "",
+                        "r0",
+                        "v1",
+                    )
+                ]
+            )
         scoring = Scoring(state, PARAMS, "v1", Digest(BASE.rpartition("@")[2]))
         scored = scoring.score(job, result, standings, {mine.hotkey, leader.hotkey})
         state.score_round(scored)
