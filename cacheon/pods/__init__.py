@@ -23,7 +23,6 @@ from cacheon.pods.base import (
     ProviderError,
     ProviderUnavailable,
     SshRefused,
-    SshTarget,
 )
 from cacheon.pods.keys import PodKey, PodKeyError, init_key, load_key
 from cacheon.pods.leases import LeasePolicy, PodLeases
@@ -31,6 +30,7 @@ from cacheon.pods.ledger import Lease, LeaseState
 from cacheon.pods.providers import PodConfigError, build_providers
 from cacheon.pods.ssh_probe import probe_ssh
 from cacheon.pods.sweep import SweepReport
+from cacheon.sshtarget import SshTarget
 
 __all__ = [
     "AnswerLost",

@@ -30,7 +30,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from cacheon.remote.ssh import SshTarget  # where a pod is reached; one type for both sides
+from cacheon.sshtarget import SshTarget
 
 
 class PodState(StrEnum):

@@ -13,7 +13,8 @@ import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cacheon.pods.base import Offer, SshTarget
+from cacheon.pods.base import Offer
+from cacheon.sshtarget import SshTarget
 from cacheon.store.db import Database
 
 INSTANCE_META_KEY = "pods.instance_id"

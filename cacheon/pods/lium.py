@@ -27,8 +27,8 @@ from cacheon.pods.base import (
     Pod,
     PodState,
     ProviderError,
-    SshTarget,
 )
+from cacheon.sshtarget import SshTarget
 
 log = get_logger("cacheon.pods.lium")
 

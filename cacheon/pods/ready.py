@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass, replace
 
 from cacheon.log import get_logger
-from cacheon.pods.base import Pod, PodFailed, PodState, PodTimeout, Provider, SshRefused, SshTarget
+from cacheon.pods.base import Pod, PodFailed, PodState, PodTimeout, Provider, SshRefused
 from cacheon.pods.keys import PodKey
 from cacheon.pods.ssh_probe import SshNotReady, probe_ssh
+from cacheon.sshtarget import SshTarget
 
 log = get_logger("cacheon.pods.ready")
 

@@ -11,7 +11,8 @@ import asyncio
 
 import asyncssh
 
-from cacheon.pods.base import SshRefused, SshTarget
+from cacheon.pods.base import SshRefused
+from cacheon.sshtarget import SshTarget
 
 
 class SshNotReady(Exception):

@@ -13,7 +13,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from cacheon.pods.base import Offer, Pod, PodState, ProviderError, SshTarget
+from cacheon.pods.base import Offer, Pod, PodState, ProviderError
+from cacheon.sshtarget import SshTarget
 from cacheon.store.db import Database
 
 _ENTRY = re.compile(r"^(?P<user>[^@\s]+)@(?P<host>[^:\s]+):(?P<port>\d{1,5})\s+(?P<key>\S+\s+\S+)$")

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict
 
 from cacheon.log import get_logger
 from cacheon.pods.api import ApiClient, parse, parse_list
-from cacheon.pods.base import AnswerLost, Offer, Pod, PodState, ProviderError, SshTarget
+from cacheon.pods.base import AnswerLost, Offer, Pod, PodState, ProviderError
+from cacheon.sshtarget import SshTarget
 
 log = get_logger("cacheon.pods.targon")
 

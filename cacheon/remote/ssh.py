@@ -25,6 +25,8 @@ from tenacity import (
     wait_exponential,
 )
 
+from cacheon.sshtarget import SshTarget
+
 CONNECT_ATTEMPTS = 4
 _R = TypeVar("_R")
 KEEPALIVE_COUNT_MAX = 3
@@ -61,18 +63,6 @@ class CommandFailed(SshError):
         tail = (result.stderr or result.stdout).strip()[-2000:]
         super().__init__(f"`{command}` exited {result.exit_status}: {tail}")
         self.result = result
-
-
-@dataclass(frozen=True)
-class SshTarget:
-    host: str
-    port: int
-    user: str
-    host_key: str | None = None
-    """`<type> <base64>` pinned for this pod; None: take the key seen first and pin it."""
-
-    def __str__(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -247,12 +237,11 @@ class _Translate:
 
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
-    ) -> bool:
+    ) -> None:
         if isinstance(exc, asyncssh.ConnectionLost | asyncssh.DisconnectError | BrokenPipeError):
             raise SshDisconnected(f"connection dropped during `{self._command}`: {exc}") from None
         if isinstance(exc, asyncssh.ChannelOpenError):
             raise SshDisconnected(f"cannot open a channel for `{self._command}`: {exc}") from None
-        return False
 
 
 @asynccontextmanager

@@ -18,7 +18,8 @@ from pydantic import SecretStr
 from cacheon.config import S3Settings
 from cacheon.protocol import JobKind, JobSpec, UploadSlot
 from cacheon.remote.bootstrap import AgentInstall, install_agent
-from cacheon.remote.ssh import SshOptions, SshTarget, connect
+from cacheon.remote.ssh import SshOptions, connect
+from cacheon.sshtarget import SshTarget
 from cacheon.store.db import Database
 from cacheon.store.objects import ObjectStore
 from cacheon.testing.services import LOOPBACK, SeaweedS3, Sshd

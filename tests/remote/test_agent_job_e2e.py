@@ -14,7 +14,8 @@ from cacheon.protocol import JobKind, Phase, ProgressEvent
 from cacheon.remote.bootstrap import AgentInstall
 from cacheon.remote.handoff import VerifiedReport, fetch_report, issue_round_key
 from cacheon.remote.jobs import drive_job
-from cacheon.remote.ssh import SshOptions, SshTarget, connect
+from cacheon.remote.ssh import SshOptions, connect
+from cacheon.sshtarget import SshTarget
 from cacheon.store.db import Database
 from cacheon.store.objects import ObjectStore
 from cacheon.testing.services import LOOPBACK, SeaweedS3, Sshd

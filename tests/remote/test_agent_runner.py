@@ -17,7 +17,8 @@ from typing import Any
 from cacheon.protocol import JobStatus, UploadSlot
 from cacheon.remote.bootstrap import AgentInstall
 from cacheon.remote.jobs import drive_job
-from cacheon.remote.ssh import SshOptions, SshTarget, connect
+from cacheon.remote.ssh import SshOptions, connect
+from cacheon.sshtarget import SshTarget
 
 AGENT = [sys.executable, "-m", "cacheon.cli.agent"]
 

@@ -18,7 +18,8 @@ import pytest
 from cacheon import __version__
 from cacheon.remote import bootstrap
 from cacheon.remote.bootstrap import BootstrapError, build_self_wheel, install_agent
-from cacheon.remote.ssh import SshOptions, SshTarget, connect
+from cacheon.remote.ssh import SshOptions, connect
+from cacheon.sshtarget import SshTarget
 
 
 def test_install_checks_the_version_and_reuses_the_venv(

@@ -18,7 +18,8 @@ from cacheon.protocol import HardwareFacts, PodFacts, ProgressEvent
 from cacheon.remote.bootstrap import AgentInstall
 from cacheon.remote.provision import ProvisionError, fetch_plan, provision_model
 from cacheon.remote.readiness import PodNotReady, PodRequirements, check_pod, problems_with
-from cacheon.remote.ssh import SshOptions, SshTarget, connect
+from cacheon.remote.ssh import SshOptions, connect
+from cacheon.sshtarget import SshTarget
 from cacheon.store.objects import ObjectStore
 
 if TYPE_CHECKING:

@@ -16,9 +16,9 @@ from cacheon.remote.ssh import (
     HostKeyMismatch,
     SshDisconnected,
     SshOptions,
-    SshTarget,
     connect,
 )
+from cacheon.sshtarget import SshTarget
 from cacheon.testing.services import Sshd
 
 

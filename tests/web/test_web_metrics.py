@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from web_season import Season, running, serving
 
 from cacheon.pods.base import Offer
-from cacheon.remote.ssh import SshTarget
+from cacheon.sshtarget import SshTarget
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
