@@ -13,19 +13,26 @@ import json
 import shlex
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import quote
 
 from cacheon.config import ModelSettings
 from cacheon.protocol import FetchPlan, ModelFile, ProgressEvent
 from cacheon.remote.bootstrap import AgentInstall
 from cacheon.remote.ssh import CommandFailed, SshSession
-from cacheon.store.objects import ObjectStore
 
 FETCH_DEADLINE_S = 6 * 3600.0
 
 
 class ProvisionError(Exception):
     """The model could not be made present; the message names the file or the problem."""
+
+
+class Presigner(Protocol):
+    """What a plan needs of the operator's S3 mirror: a presigned GET per file, nothing else
+    (`store.objects.ObjectStore` is one; the pod never sees a credential)."""
+
+    def presign_get(self, key: str) -> str: ...
 
 
 def model_dir(model: ModelSettings, agent_root: str) -> str:
@@ -48,9 +55,7 @@ def load_manifest(path: Path) -> dict[str, tuple[str, int]]:
         ) from None
 
 
-def fetch_plan(
-    model: ModelSettings, agent_root: str, store: ObjectStore | None = None
-) -> FetchPlan:
+def fetch_plan(model: ModelSettings, agent_root: str, store: Presigner | None = None) -> FetchPlan:
     """The plan for `model`: hub URLs at the pinned revision, or presigned GETs on the mirror."""
     if model.manifest is None:
         raise ProvisionError("model.manifest is not set: pin the model's files by sha256 first")
