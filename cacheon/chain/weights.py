@@ -21,6 +21,7 @@ from bittensor.intents.weights import clip_to_max_weight
 
 from cacheon.chain.client import ChainClient, ChainState
 from cacheon.chain.errors import ChainRejected, ChainUnavailable, RateLimited
+from cacheon.chain.wallet import Wallet, hotkey_address
 from cacheon.log import get_logger
 from cacheon.protocol import Block, Uid
 
@@ -118,7 +119,7 @@ def next_allowed_block(state: ChainState, uid: Uid) -> Block | None:
 
 async def set_weights(
     client: ChainClient,
-    wallet: bt.Wallet,
+    wallet: Wallet,
     weights: Mapping[Uid, float],
     state: ChainState,
     configured_version_key: int = 0,
@@ -182,11 +183,3 @@ async def set_weights(
     except ChainUnavailable as exc:
         return WeightsResult(WeightsStatus.UNAVAILABLE, f"readback failed: {exc}", vector=vector)
     return WeightsResult(WeightsStatus.MISMATCH, detail, block=receipt.block, vector=vector)
-
-
-def hotkey_address(wallet: bt.Wallet) -> str:
-    """The wallet's hotkey ss58 from its public file, without unlocking anything."""
-    try:
-        return str(wallet.hotkeypub.ss58_address)
-    except FileNotFoundError:
-        return str(wallet.hotkey.ss58_address)

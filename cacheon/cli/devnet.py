@@ -12,12 +12,16 @@ import json
 import sys
 from pathlib import Path
 
-import bittensor as bt
-from bittensor.sp_core import Keypair
-
 from cacheon.chain.devnet import Devnet, DevnetError, SubnetParams, db_path
-from cacheon.chain.weights import hotkey_address
+from cacheon.chain.wallet import (
+    WalletError,
+    coldkey_address,
+    dev_address,
+    hotkey_address,
+    open_wallet,
+)
 from cacheon.cli.common import EXIT_FAILED, EXIT_USAGE, add_settings_arguments, load_or_exit
+from cacheon.config import WalletSettings
 
 OWNER_URI = "//CacheonDevnetOwner"
 """The simulated subnet owner's key, when `init` is not given one; its hotkey is the burn uid."""
@@ -63,7 +67,7 @@ def run_devnet(args: argparse.Namespace) -> int:
     try:
         if args.devnet_command == "init":
             devnet = Devnet.create(path, block_time_s=args.block_time)
-            owner = args.owner_hotkey or Keypair.create_from_uri(OWNER_URI).ss58_address
+            owner = args.owner_hotkey or dev_address(OWNER_URI)
             devnet.add_subnet(
                 netuid,
                 SubnetParams(
@@ -82,9 +86,7 @@ def run_devnet(args: argparse.Namespace) -> int:
             print(f"devnet {path}: netuid {netuid}, owner {owner} at uid 0, block {devnet.head()}")
         elif args.devnet_command == "register":
             devnet = Devnet(path)
-            hotkey, coldkey = _keys(
-                args, settings.wallet.name, settings.wallet.hotkey, settings.wallet.path
-            )
+            hotkey, coldkey = _keys(args, settings.wallet)
             uid = devnet.register(netuid, hotkey, coldkey, validator_permit=args.validator)
             print(f"registered {hotkey} on netuid {netuid} as uid {uid}")
         elif args.devnet_command == "advance":
@@ -97,16 +99,14 @@ def run_devnet(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys(args: argparse.Namespace, name: str, hotkey: str, wallet_path: str) -> tuple[str, str]:
+def _keys(args: argparse.Namespace, settings: WalletSettings) -> tuple[str, str]:
     if args.hotkey:
         return args.hotkey, args.hotkey
-    wallet = bt.Wallet(name=name, hotkey=hotkey, path=wallet_path)
+    wallet = open_wallet(settings)
     try:
-        return hotkey_address(wallet), wallet.coldkeypub.ss58_address
-    except (OSError, bt.BittensorError) as exc:
-        raise DevnetError(
-            f"cannot read wallet {name}/{hotkey} under {wallet_path}: {exc}"
-        ) from None
+        return hotkey_address(wallet), coldkey_address(wallet)
+    except WalletError as exc:
+        raise DevnetError(str(exc)) from None
 
 
 def _show(devnet: Devnet, netuid: int) -> dict[str, object]:

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import sys
 
-import bittensor as bt
 from rich.console import Console
 from rich.prompt import Confirm
 from rich.table import Table
@@ -27,7 +26,7 @@ from cacheon.chain.commitments import (
 from cacheon.chain.errors import ChainFailure, NotRegistered, QuotaExceeded
 from cacheon.chain.firstseen import holders_on_chain
 from cacheon.chain.registry import RegistryProblem, fetch_manifest
-from cacheon.chain.weights import hotkey_address
+from cacheon.chain.wallet import Wallet, WalletError, hotkey_address, open_wallet
 from cacheon.cli import check
 from cacheon.cli.common import (
     EXIT_FAILED,
@@ -101,17 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _wallet(settings: Settings) -> tuple[bt.Wallet, str]:
-    wallet = bt.Wallet(
-        name=settings.wallet.name, hotkey=settings.wallet.hotkey, path=settings.wallet.path
-    )
+def _wallet(settings: Settings) -> tuple[Wallet, str]:
+    wallet = open_wallet(settings.wallet)
     try:
         return wallet, hotkey_address(wallet)
-    except (FileNotFoundError, OSError, bt.BittensorError) as exc:
-        raise Failed(
-            f"cannot read hotkey '{settings.wallet.hotkey}' of wallet '{settings.wallet.name}'"
-            f" under {settings.wallet.path}: {exc}"
-        ) from None
+    except WalletError as exc:
+        raise Failed(str(exc)) from None
 
 
 async def _commit(settings: Settings, text: str, yes: bool, check_registry: bool) -> None:

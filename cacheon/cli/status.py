@@ -20,7 +20,8 @@ from rich.table import Table
 
 from cacheon.chain.client import ChainClient, ChainState
 from cacheon.chain.errors import ChainFailure
-from cacheon.chain.weights import hotkey_address, next_allowed_block
+from cacheon.chain.wallet import WalletError, hotkey_address, open_wallet
+from cacheon.chain.weights import next_allowed_block
 from cacheon.cli.common import EXIT_FAILED, add_settings_arguments, load_or_exit
 from cacheon.config import Settings
 from cacheon.protocol import Standing
@@ -127,10 +128,10 @@ def _weights_show(args: argparse.Namespace) -> int:
         view = fetch_status(args.url)
     except ApiError as exc:
         console.print(f"[yellow]status API unavailable[/]: {exc}")
-    hotkey = view.report.validator_hotkey if view is not None else _wallet_hotkey(settings)
     try:
+        hotkey = _our_hotkey(view, settings)
         chain_state, row, pending = asyncio.run(_read_chain(settings, hotkey))
-    except ChainFailure as exc:
+    except (ChainFailure, WalletError) as exc:
         print(f"weights show: {exc}", file=sys.stderr)
         return EXIT_FAILED
     now = time.time()
@@ -174,6 +175,13 @@ def _weights_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _our_hotkey(view: StatusView | None, settings: Settings) -> str:
+    """From the daemon's report when it answers, else from the wallet (the daemon may be down)."""
+    if view is not None:
+        return view.report.validator_hotkey
+    return hotkey_address(open_wallet(settings.wallet))
+
+
 async def _read_chain(
     settings: Settings, hotkey: str
 ) -> tuple[ChainState, list[tuple[int, int]], list[int]]:
@@ -187,15 +195,6 @@ async def _read_chain(
             else []
         )
         return state, row, pending
-
-
-def _wallet_hotkey(settings: Settings) -> str:
-    import bittensor as bt
-
-    wallet = bt.Wallet(
-        name=settings.wallet.name, hotkey=settings.wallet.hotkey, path=settings.wallet.path
-    )
-    return hotkey_address(wallet)
 
 
 def _pairs(title: str) -> Table:

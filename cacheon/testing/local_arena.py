@@ -17,14 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bittensor as bt
-
 from cacheon.chain.client import ChainClient
 from cacheon.chain.commitments import ImageRef, Rejection, commitment_fields, parse_reference
 from cacheon.chain.devnet import Devnet, SubnetParams
-from cacheon.chain.weights import hotkey_address
+from cacheon.chain.wallet import (
+    DEV_HOTKEY,
+    Wallet,
+    coldkey_address,
+    dev_wallet,
+    hotkey_address,
+)
 from cacheon.config import ChainSettings, Settings
 from cacheon.pods.keys import init_key
+from cacheon.protocol import Hotkey
 from cacheon.testing.fake_lium import FakeLium, executor
 from cacheon.testing.fake_pods import LOOPBACK, LoopThread, PodHost
 from cacheon.testing.services import POD_SSH_USER, DockerDaemon, Registry, SeaweedS3, Sshd
@@ -44,11 +49,11 @@ MODEL_FILES = {
 @dataclass(frozen=True)
 class Participant:
     name: str
-    wallet: bt.Wallet
+    wallet: Wallet
     uid: int
 
     @property
-    def hotkey(self) -> str:
+    def hotkey(self) -> Hotkey:
         return hotkey_address(self.wallet)
 
 
@@ -130,7 +135,7 @@ class LocalArena:
             NETUID,
             SubnetParams(
                 owner_hotkey=owner.hotkey,
-                owner_coldkey=str(owner.wallet.coldkeypub.ss58_address),
+                owner_coldkey=coldkey_address(owner.wallet),
                 weights_rate_limit=2,
             ),
         )
@@ -212,7 +217,7 @@ class LocalArena:
             asyncio.run(self._commit(self.participants[name].wallet, fields))
             self.devnet.advance(1)
 
-    async def _commit(self, wallet: bt.Wallet, fields: tuple[bytes, ...]) -> None:
+    async def _commit(self, wallet: Wallet, fields: tuple[bytes, ...]) -> None:
         async with ChainClient(self.chain_settings()) as client:
             await client.commit(fields, wallet, NETUID)
 
@@ -230,7 +235,11 @@ class LocalArena:
                 "netuid": NETUID,
                 "call_timeout_s": 10.0,
             },
-            "wallet": {"name": "validator", "hotkey": "hk", "path": str(self.root / "wallets")},
+            "wallet": {
+                "name": "validator",
+                "hotkey": DEV_HOTKEY,
+                "path": str(self.root / "wallets"),
+            },
             "validator": {
                 "state_dir": str(self.root / "state"),
                 "poll_interval_s": 0.5,
@@ -301,18 +310,11 @@ class LocalArena:
 
 
 def _wallet(path: Path, name: str, seed: int) -> Participant:
-    wallet = bt.Wallet(name=name, hotkey="hk", path=str(path))
-    wallet.regenerate_coldkey(
-        seed=f"0x{seed:064x}", use_password=False, overwrite=True, suppress=True
-    )
-    wallet.regenerate_hotkey(
-        seed=f"0x{seed + 1000:064x}", use_password=False, overwrite=True, suppress=True
-    )
-    return Participant(name, wallet, -1)
+    return Participant(name, dev_wallet(path, name, seed), -1)
 
 
 def _register(devnet: Devnet, who: Participant, *, permit: bool = False) -> Participant:
-    coldkey = str(who.wallet.coldkeypub.ss58_address)
+    coldkey = coldkey_address(who.wallet)
     uid = devnet.register(NETUID, who.hotkey, coldkey, validator_permit=permit)
     return Participant(who.name, who.wallet, uid)
 

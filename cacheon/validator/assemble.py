@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import bittensor as bt
-
 from cacheon.chain.client import ChainClient
+from cacheon.chain.wallet import open_wallet, service_problem
 from cacheon.config import Settings
 from cacheon.pods.base import PodError
 from cacheon.pods.keys import load_key
@@ -50,14 +49,10 @@ def build_parts(settings: Settings, db: Database) -> Parts:
         providers = build_providers(settings.pods, db)
     except PodError as exc:
         problems.append(f"pods: {exc}")
-    wallet = bt.Wallet(
-        name=settings.wallet.name, hotkey=settings.wallet.hotkey, path=settings.wallet.path
-    )
-    if not wallet.hotkey_file.exists_on_device():
-        problems.append(
-            f"wallet: no hotkey file for {settings.wallet.name}/{settings.wallet.hotkey} under "
-            f"{settings.wallet.path}"
-        )
+    wallet = open_wallet(settings.wallet)
+    unusable = service_problem(wallet)
+    if unusable is not None:
+        problems.append(f"wallet: {unusable}")
     if problems or store is None or key is None:
         raise NotReady(problems)
     leases = PodLeases(db, providers, key, LeasePolicy.from_settings(settings))

@@ -18,11 +18,16 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import bittensor as bt
-
-from cacheon.arena import ArenaParams, Queued, Selection, Standings, select_challengers
+from cacheon.arena import (
+    ArenaParams,
+    Queued,
+    RoundResult,
+    Selection,
+    Standings,
+    select_challengers,
+)
 from cacheon.chain.client import ChainClient, ChainState
-from cacheon.chain.weights import hotkey_address
+from cacheon.chain.wallet import Wallet, hotkey_address
 from cacheon.config import Settings
 from cacheon.log import get_logger
 from cacheon.pods.leases import PodLeases
@@ -31,11 +36,12 @@ from cacheon.store.db import Database
 from cacheon.store.objects import ObjectStore, ObjectStoreError
 from cacheon.validator.evaluation import arena_params, evaluation_version, validator_secret
 from cacheon.validator.leaderboard import publish_leaderboard
-from cacheon.validator.poll import ManifestFetcher, Poller
+from cacheon.validator.poll import Poller
 from cacheon.validator.publish import build_public_report
 from cacheon.validator.restore import restore_standings
-from cacheon.validator.rounds import RoundPlan, RoundResult, RoundRunner, plan_round
+from cacheon.validator.rounds import RoundPlan, RoundRunner, plan_round
 from cacheon.validator.scoring import Scoring
+from cacheon.validator.screening import ManifestFetcher
 from cacheon.validator.state import RoundRecord, RoundState, ValidatorState
 from cacheon.validator.web import WebServer
 from cacheon.validator.weights import WeightsStep
@@ -72,7 +78,7 @@ class Parts:
 
     db: Database
     chain: ChainClient
-    wallet: bt.Wallet
+    wallet: Wallet
     leases: PodLeases
     store: ObjectStore
     fetch_manifest: ManifestFetcher | None = None

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import bittensor as bt
 import httpx
 
 from cacheon.chain.client import ChainClient, ChainState
 from cacheon.chain.errors import ChainFailure
-from cacheon.chain.weights import hotkey_address
+from cacheon.chain.wallet import WalletError, hotkey_address, open_wallet, service_problem
 from cacheon.config import ChainSettings, S3Settings, Settings
 from cacheon.pods.base import PodError, Provider, ProviderAuthError
 from cacheon.pods.keys import load_key
@@ -70,26 +69,15 @@ async def run_checks(settings: Settings) -> list[Check]:
 
 def _wallet(settings: Settings) -> tuple[Check, str | None]:
     w = settings.wallet
-    where = f"{w.name}/{w.hotkey} under {w.path}"
-    wallet = bt.Wallet(name=w.name, hotkey=w.hotkey, path=w.path)
-    keyfile = wallet.hotkey_file
-    if not keyfile.exists_on_device():
-        fix = "copy the validator's hotkey there or set wallet.name, wallet.hotkey, wallet.path"
-        return Check("wallet", False, f"no hotkey file for {where}: {fix}"), None
-    if not keyfile.is_readable():
-        return Check("wallet", False, f"hotkey of {where} is not readable by this user"), None
-    if keyfile.is_encrypted():
-        return Check(
-            "wallet",
-            False,
-            f"hotkey of {where} is encrypted: a service cannot type its password; "
-            "regenerate it unencrypted (btcli wallet regen_hotkey --no-use-password)",
-        ), None
+    wallet = open_wallet(w)
+    unusable = service_problem(wallet)
+    if unusable is not None:
+        return Check("wallet", False, unusable), None
     try:
         hotkey = hotkey_address(wallet)
-    except (OSError, ValueError) as exc:
-        return Check("wallet", False, f"hotkey of {where} cannot be read: {exc}"), None
-    return Check("wallet", True, f"hotkey {hotkey} ({where})"), hotkey
+    except WalletError as exc:
+        return Check("wallet", False, str(exc)), None
+    return Check("wallet", True, f"hotkey {hotkey} ({w.name}/{w.hotkey} under {w.path})"), hotkey
 
 
 def _endpoints(chain: ChainSettings) -> list[tuple[str, str]]:

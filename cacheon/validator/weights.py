@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-import bittensor as bt
-
 from cacheon.arena import ArenaParams, weights
 from cacheon.chain.client import ChainClient, ChainState
-from cacheon.chain.weights import InvalidWeights, hotkey_address, next_allowed_block, set_weights
+from cacheon.chain.wallet import Wallet, hotkey_address
+from cacheon.chain.weights import InvalidWeights, next_allowed_block, set_weights
 from cacheon.log import get_logger
 from cacheon.protocol import GateThresholds
 from cacheon.validator.state import SUCCESS, ValidatorState
@@ -34,7 +33,7 @@ class Skip(StrEnum):
 @dataclass(frozen=True)
 class WeightsStep:
     chain: ChainClient
-    wallet: bt.Wallet
+    wallet: Wallet
     state: ValidatorState
     params: ArenaParams
     gate: GateThresholds

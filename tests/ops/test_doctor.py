@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bittensor as bt
 import pytest
 
+from cacheon.chain.wallet import dev_wallet
 from cacheon.cli.validator import main
 from cacheon.config import ENV_NESTED_DELIMITER, ENV_PREFIX, Settings
 from cacheon.pods.keys import init_key
@@ -26,18 +26,6 @@ from cacheon.validator.doctor import Check, calibration, run_checks
 
 NETUID = 14
 Sections = dict[str, dict[str, Any]]
-
-
-def _wallet(path: Path, name: str, seed: int) -> bt.Wallet:
-    """Deterministic unencrypted keys, so tests never wait on entropy or a password."""
-    wallet = bt.Wallet(name=name, hotkey="hk", path=str(path))
-    wallet.regenerate_coldkey(
-        seed=f"0x{seed:064x}", use_password=False, overwrite=True, suppress=True
-    )
-    wallet.regenerate_hotkey(
-        seed=f"0x{seed + 1000:064x}", use_password=False, overwrite=True, suppress=True
-    )
-    return wallet
 
 
 @dataclass
@@ -96,7 +84,7 @@ def deployment(
     """A devnet made with the CLI, our hotkey registered with a permit, a pod key and a manifest."""
     lium, targon = fakes
     wallets = tmp_path / "wallets"
-    _wallet(wallets, "val", 2)
+    dev_wallet(wallets, "val", 2)
     network = f"sim://{tmp_path / 'chain.db'}"
     chain_flags = ["--subtensor.network", network, "--netuid", str(NETUID)]
     wallet_flags = ["--wallet.name", "val", "--wallet.hotkey", "hk", "--wallet.path", str(wallets)]
@@ -185,7 +173,7 @@ def _broken_only(checks: dict[str, Check], *names: str) -> None:
 
 
 def _register_without_permit(d: Deployment) -> Settings:
-    _wallet(d.tmp / "wallets", "plain", 7)
+    dev_wallet(d.tmp / "wallets", "plain", 7)
     wallet = ["--wallet.name", "plain", "--wallet.hotkey", "hk", "--wallet.path"]
     network = d.sections["chain"]["network"]
     args = ["devnet", "register", "--subtensor.network", network, "--netuid", str(NETUID)]
@@ -194,7 +182,7 @@ def _register_without_permit(d: Deployment) -> Settings:
 
 
 def _unregistered(d: Deployment) -> Settings:
-    _wallet(d.tmp / "wallets", "stranger", 9)
+    dev_wallet(d.tmp / "wallets", "stranger", 9)
     return d.settings(wallet={"name": "stranger"})
 
 

@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import bittensor as bt
 from pydantic import SecretStr
 
 from cacheon.arena import RoundResult
@@ -25,7 +24,7 @@ from cacheon.chain.client import ChainClient
 from cacheon.chain.commitments import ImageRef, commitment_fields, split_fields
 from cacheon.chain.devnet import Devnet, SubnetParams
 from cacheon.chain.registry import ImageManifest
-from cacheon.chain.weights import hotkey_address
+from cacheon.chain.wallet import Wallet, coldkey_address, dev_wallet, hotkey_address, open_wallet
 from cacheon.config import (
     ChainSettings,
     PodSettings,
@@ -78,15 +77,6 @@ IMAGES = {
 }
 
 
-def wallet(root: Path, name: str, seed: int) -> bt.Wallet:
-    w = bt.Wallet(name=name, hotkey="hk", path=str(root))
-    w.regenerate_coldkey(seed=f"0x{seed:064x}", use_password=False, overwrite=True, suppress=True)
-    w.regenerate_hotkey(
-        seed=f"0x{seed + 1000:064x}", use_password=False, overwrite=True, suppress=True
-    )
-    return w
-
-
 async def fake_manifest(image: ImageRef) -> ImageManifest:
     """The registry's answer: the baseline's layers, plus one layer of each miner's own."""
     base = ("sha256:base-0", "sha256:base-1")
@@ -107,7 +97,7 @@ class Season:
     devnet: Devnet
     hotkeys: Mapping[str, str]
     """Miner name -> its hotkey ss58."""
-    validator_wallet: bt.Wallet
+    validator_wallet: Wallet
     settings: Settings
 
 
@@ -136,13 +126,10 @@ def build_daemon(settings: Settings, store: ObjectStore | None = None) -> Daemon
     db = Database.open(Path(settings.validator.state_dir) / "state.db")
     key, _ = init_key(Path(settings.pods.ssh_key_path))
     leases = PodLeases(db, [], key, LeasePolicy.from_settings(settings))
-    wallet = bt.Wallet(
-        name=settings.wallet.name, hotkey=settings.wallet.hotkey, path=settings.wallet.path
-    )
     parts = Parts(
         db=db,
         chain=ChainClient(settings.chain),
-        wallet=wallet,
+        wallet=open_wallet(settings.wallet),
         leases=leases,
         store=store or ObjectStore(None, bucket="unused", prefix="cacheon", url_expiry_s=3600),
         fetch_manifest=fake_manifest,
@@ -152,19 +139,19 @@ def build_daemon(settings: Settings, store: ObjectStore | None = None) -> Daemon
 
 async def build_season(tmp: Path, store: ObjectStore | None = None, **web: object) -> Season:
     wallets = tmp / "wallets"
-    owner = wallet(wallets, "owner", 1)
-    validator = wallet(wallets, "validator", 2)
-    miners = {name: wallet(wallets, name, 10 + i) for i, name in enumerate(MINERS)}
+    owner = dev_wallet(wallets, "owner", 1)
+    validator = dev_wallet(wallets, "validator", 2)
+    miners = {name: dev_wallet(wallets, name, 10 + i) for i, name in enumerate(MINERS)}
     devnet = Devnet.create(tmp / "chain.db", block_time_s=0)
     owner_hotkey = hotkey_address(owner)
     devnet.add_subnet(NETUID, SubnetParams(owner_hotkey=owner_hotkey, owner_coldkey=owner_hotkey))
-    devnet.register(NETUID, owner_hotkey, str(owner.coldkeypub.ss58_address))
+    devnet.register(NETUID, owner_hotkey, coldkey_address(owner))
     devnet.register(
-        NETUID, hotkey_address(validator), str(validator.coldkeypub.ss58_address),
+        NETUID, hotkey_address(validator), coldkey_address(validator),
         validator_permit=True,
     )  # fmt: skip
     for w in miners.values():
-        devnet.register(NETUID, hotkey_address(w), str(w.coldkeypub.ss58_address))
+        devnet.register(NETUID, hotkey_address(w), coldkey_address(w))
     devnet.advance(1)
     settings = make_settings(tmp, devnet.path, wallets, **web)
     daemon = build_daemon(settings, store)

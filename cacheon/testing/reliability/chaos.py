@@ -1,10 +1,10 @@
 """Fault injectors that sit between the daemon and the real services of a local arena.
 
 A TCP proxy in front of the pod's sshd (cut every connection, or refuse new ones), an HTTP proxy
-in front of S3 (down, slow, 500s, expired presigned URLs), a chain client whose calls fail as a
-flaky node's do (down, slow, RPC errors, a dead primary endpoint), and a small tmpfs for the
-state directory that can be filled to the last byte. Each is armed and lifted by a trial while
-the daemon runs; none changes the code under test.
+in front of S3 (down, slow, 500s, expired presigned URLs), and a small tmpfs for the state
+directory that can be filled to the last byte. The flaky chain client is `chain/flaky.py` (it
+injects at the SDK seam, and the SDK stays inside `chain/`). Each is armed and lifted by a trial
+while the daemon runs; none changes the code under test.
 """
 
 from __future__ import annotations
@@ -13,21 +13,15 @@ import asyncio
 import contextlib
 import os
 import subprocess
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import aiohttp
-import bittensor as bt
 from aiohttp import web
-from bittensor.result import ChainError
 
-from cacheon.chain.client import ChainClient
-from cacheon.config import ChainSettings
 from cacheon.testing.fake_pods import LOOPBACK, serve
 
-T = TypeVar("T")
 _HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "expect", "content-length"})
 
 
@@ -162,57 +156,6 @@ class S3Proxy:
 def _s3_error(status: int, code: str, message: str) -> web.Response:
     body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
     return web.Response(status=status, body=body.encode(), content_type="application/xml")
-
-
-@dataclass
-class ChainFaults:
-    down: bool = False
-    """Every call fails as an unreachable node does."""
-    delay_s: float = 0.0
-    """Added inside each call's deadline (a slow node; past the deadline, a timeout)."""
-    errors: int = 0
-    """The next N calls fail with an RPC error from the node."""
-    dead_connects: int = 0
-    """The next N connections fail: a dead primary endpoint the client must fall back from."""
-    failures: int = 0
-    connects: list[str] = field(default_factory=list)
-
-
-class FlakyChain(ChainClient):
-    """The real chain client over the devnet, with `faults` injected at the SDK seam."""
-
-    def __init__(self, settings: ChainSettings, faults: ChainFaults) -> None:
-        super().__init__(settings)
-        self.faults = faults
-
-    async def _connected(self) -> bt.Client:
-        faults = self.faults
-        if self._client is None and faults.dead_connects > 0:
-            faults.dead_connects -= 1
-            faults.failures += 1
-            faults.connects.append("primary (dead)")
-            raise self._unavailable(ConnectionRefusedError("primary endpoint refused"))
-        if self._client is None:
-            faults.connects.append("fallback" if faults.connects else "primary")
-        return await super()._connected()
-
-    async def _once(self, op: Callable[[bt.Client], Awaitable[T]], deadline_s: float) -> T:
-        faults = self.faults
-        if faults.down:
-            faults.failures += 1
-            await self.close()
-            raise self._unavailable(ConnectionRefusedError("injected: the node is down"))
-
-        async def flaky(client: bt.Client) -> T:
-            if faults.delay_s:
-                await asyncio.sleep(faults.delay_s)
-            if faults.errors > 0:
-                faults.errors -= 1
-                faults.failures += 1
-                raise ChainError("injected: Internal error (-32603)", "RpcError")
-            return await op(client)
-
-        return await super()._once(flaky, deadline_s)
 
 
 @contextlib.contextmanager

@@ -22,17 +22,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from cacheon.chain.flaky import ChainFaults, FlakyChain
 from cacheon.config import Settings
 from cacheon.protocol import ProgressEvent
 from cacheon.store.db import Database
 from cacheon.testing.local_arena import TOY_MINERS, LocalArena, Services, ToyMiner
-from cacheon.testing.reliability.chaos import (
-    ChainFaults,
-    FlakyChain,
-    S3Proxy,
-    TcpProxy,
-    small_tmpfs,
-)
+from cacheon.testing.reliability.chaos import S3Proxy, TcpProxy, small_tmpfs
 from cacheon.testing.reliability.report import Row, judge
 from cacheon.validator.assemble import build_parts, state_path
 from cacheon.validator.daemon import Daemon
