@@ -43,6 +43,7 @@ from cacheon.validator.rounds import RoundPlan, RoundRunner, plan_round
 from cacheon.validator.scoring import Scoring
 from cacheon.validator.screening import ManifestFetcher
 from cacheon.validator.state import RoundRecord, RoundState, ValidatorState
+from cacheon.validator.views import next_round
 from cacheon.validator.web import WebServer
 from cacheon.validator.weights import WeightsStep
 
@@ -305,7 +306,7 @@ class Daemon:
             log.warning("public report not published; next round will", reason=str(exc))
             return
         log.info("public report published", key=key)
-        await publish_leaderboard(self, report)
+        await publish_leaderboard(self.parts.store, report, next_round(self))
 
     async def _pods(self) -> None:
         await self.parts.leases.release_idle()

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
 from cacheon.chain.errors import ChainFailure, ChainUnavailable
 from cacheon.protocol import Block
-
-if TYPE_CHECKING:
-    from cacheon.validator.daemon import Daemon
+from cacheon.validator.view import DaemonView
 
 LOOP_GRACE_S = 300.0
 """Beyond the poll interval, how long one pass may take (weights wait for inclusion, pods
@@ -40,7 +37,7 @@ class Health(BaseModel):
     problems: tuple[str, ...]
 
 
-async def probe_chain(daemon: Daemon) -> tuple[Block | None, str | None]:
+async def probe_chain(daemon: DaemonView) -> tuple[Block | None, str | None]:
     """The chain's head block, or why it could not be read within `CHAIN_PROBE_S`."""
     try:
         async with asyncio.timeout(CHAIN_PROBE_S):
@@ -51,7 +48,7 @@ async def probe_chain(daemon: Daemon) -> tuple[Block | None, str | None]:
         return None, str(exc)
 
 
-def loop_problem(daemon: Daemon, now: float | None = None) -> str | None:
+def loop_problem(daemon: DaemonView, now: float | None = None) -> str | None:
     """Why the main loop does not count as alive, or None when it does."""
     now = time.time() if now is None else now
     if daemon.stopping.is_set():
@@ -67,7 +64,7 @@ def loop_problem(daemon: Daemon, now: float | None = None) -> str | None:
     return None
 
 
-async def check(daemon: Daemon) -> Health:
+async def check(daemon: DaemonView) -> Health:
     head, chain_problem = await probe_chain(daemon)
     loop = loop_problem(daemon)
     problems = tuple(p for p in (loop, chain_problem) if p is not None)
@@ -80,6 +77,6 @@ async def check(daemon: Daemon) -> Health:
     )
 
 
-def _round_running(daemon: Daemon, now: float) -> bool:
+def _round_running(daemon: DaemonView, now: float) -> bool:
     limit = daemon.settings.workload.round_deadline_s + ROUND_GRACE_S
     return any(now - r.started_at <= limit for r in daemon.state.unfinished_rounds())

@@ -13,7 +13,6 @@ import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from html import escape
-from typing import TYPE_CHECKING
 
 from cacheon.arena import RoundVoid, launch_speeds
 from cacheon.log import get_logger
@@ -28,10 +27,7 @@ from cacheon.protocol import (
 from cacheon.store.objects import ObjectStore, ObjectStoreError
 from cacheon.validator.leaderboard_assets import CONTENT_SECURITY_POLICY, SCRIPT, STYLE
 from cacheon.validator.reasons import meaning
-from cacheon.validator.views import NextRound, next_round
-
-if TYPE_CHECKING:
-    from cacheon.validator.daemon import Daemon
+from cacheon.validator.views import NextRound
 
 log = get_logger("cacheon.validator.leaderboard")
 
@@ -81,11 +77,12 @@ every round is in the JSON report published beside this page.</footer>
 """
 
 
-async def publish_leaderboard(daemon: Daemon, report: PublicReport) -> None:
+async def publish_leaderboard(
+    store: ObjectStore, report: PublicReport, upcoming: NextRound | None
+) -> None:
     """Publish the page beside the report (`<block>.html` and `index.html`); a failure is
     logged and left for the next report, like the report's own."""
-    page = render_leaderboard(report, next_round(daemon)).encode()
-    store = daemon.parts.store
+    page = render_leaderboard(report, upcoming).encode()
     try:
         key = await asyncio.to_thread(_put_page, store, report.block, page)
     except ObjectStoreError as exc:

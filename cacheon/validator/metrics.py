@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -20,10 +19,8 @@ from cacheon.chain.weights import WeightsStatus
 from cacheon.protocol import Standing
 from cacheon.validator.health import Health, check
 from cacheon.validator.state import RoundState
+from cacheon.validator.view import DaemonView
 from cacheon.validator.views import StatusView, status
-
-if TYPE_CHECKING:
-    from cacheon.validator.daemon import Daemon
 
 WEIGHTS_STATES = (*(s.value for s in WeightsStatus), "invalid")
 """Every status a weights attempt is recorded with (chain.weights plus the refused vector)."""
@@ -39,7 +36,7 @@ class Snapshot:
     verdicts: dict[tuple[str, str], int]
 
     @classmethod
-    async def take(cls, daemon: Daemon) -> Snapshot:
+    async def take(cls, daemon: DaemonView) -> Snapshot:
         db = daemon.state.db
         rounds = {str(r["state"]): int(r["n"]) for r in db.query(
             "SELECT state, COUNT(*) AS n FROM rounds GROUP BY state")}  # fmt: skip

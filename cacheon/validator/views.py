@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
@@ -36,9 +35,7 @@ from cacheon.validator.state import (
     Verdict,
     WeightsRecord,
 )
-
-if TYPE_CHECKING:
-    from cacheon.validator.daemon import Daemon
+from cacheon.validator.view import DaemonView
 
 
 class _View(BaseModel):
@@ -174,7 +171,7 @@ class SubmissionsView(_View):
     submissions: tuple[SubmissionView, ...]
 
 
-def public_report(daemon: Daemon) -> PublicReport:
+def public_report(daemon: DaemonView) -> PublicReport:
     """The report the daemon would publish now, over the last round it started."""
     state = daemon.state
     uids = {r.submission.hotkey: r.submission.uid for r in state.submissions(current_only=True)}
@@ -191,7 +188,7 @@ def public_report(daemon: Daemon) -> PublicReport:
     )
 
 
-def next_round(daemon: Daemon) -> NextRound:
+def next_round(daemon: DaemonView) -> NextRound:
     running = daemon.state.unfinished_rounds()
     interval = daemon.settings.validator.poll_interval_s
     return NextRound(
@@ -203,7 +200,7 @@ def next_round(daemon: Daemon) -> NextRound:
     )
 
 
-def status(daemon: Daemon) -> StatusView:
+def status(daemon: DaemonView) -> StatusView:
     leases = daemon.parts.leases
     log = daemon.state.weights_log(200)
     success = daemon.state.last_successful_weights()
@@ -237,7 +234,7 @@ def status(daemon: Daemon) -> StatusView:
     )
 
 
-def standings(daemon: Daemon) -> StandingsView:
+def standings(daemon: DaemonView) -> StandingsView:
     report = public_report(daemon)
     history = tuple(
         StandingsChange(
@@ -259,11 +256,11 @@ def standings(daemon: Daemon) -> StandingsView:
     )
 
 
-def rounds(daemon: Daemon, limit: int) -> tuple[RoundSummary, ...]:
+def rounds(daemon: DaemonView, limit: int) -> tuple[RoundSummary, ...]:
     return tuple(_summary(record) for record in daemon.state.rounds(limit=limit))
 
 
-def round_view(daemon: Daemon, round_id: str) -> RoundView | None:
+def round_view(daemon: DaemonView, round_id: str) -> RoundView | None:
     record = daemon.state.round(round_id)
     if record is None:
         return None
@@ -287,7 +284,7 @@ def round_view(daemon: Daemon, round_id: str) -> RoundView | None:
     return RoundView(summary=_summary(record), evidence=public_round(record), verdicts=verdicts)
 
 
-def submissions(daemon: Daemon, hotkey: str) -> SubmissionsView | None:
+def submissions(daemon: DaemonView, hotkey: str) -> SubmissionsView | None:
     """Everything this validator knows of one hotkey's commitments; None if it knows none."""
     state = daemon.state
     mine = [r for r in state.submissions() if r.submission.hotkey == hotkey]
@@ -324,7 +321,7 @@ def submissions(daemon: Daemon, hotkey: str) -> SubmissionsView | None:
     return SubmissionsView(hotkey=hotkey, submissions=tuple(views))
 
 
-def loop_age(daemon: Daemon) -> float | None:
+def loop_age(daemon: DaemonView) -> float | None:
     """Seconds since the loop last completed a pass; None before the first."""
     return time.time() - daemon.loop_alive_at if daemon.loop_alive_at else None
 

@@ -19,7 +19,6 @@ Endpoints:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,9 +30,7 @@ from cacheon.validator.health import check
 from cacheon.validator.leaderboard import render_leaderboard
 from cacheon.validator.leaderboard_assets import CONTENT_SECURITY_POLICY
 from cacheon.validator.metrics import Snapshot, registry
-
-if TYPE_CHECKING:
-    from cacheon.validator.daemon import Daemon
+from cacheon.validator.view import DaemonView
 
 log = get_logger("cacheon.validator.web")
 
@@ -41,7 +38,7 @@ MAX_ROUNDS = 500
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def build_app(daemon: Daemon) -> web.Application:
+def build_app(daemon: DaemonView) -> web.Application:
     """The read-only application over one daemon."""
     own_registry, collector = registry()
 
@@ -107,7 +104,7 @@ def build_app(daemon: Daemon) -> web.Application:
 class WebServer:
     """Starts and stops the status server of one daemon on `settings.web` (port 0: any free)."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: DaemonView) -> None:
         self._daemon = daemon
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
