@@ -91,7 +91,7 @@ class JobContext:
             ts=time.time(),
             phase=phase,
             elapsed_s=round(time.monotonic() - self._started, 3),
-            **fields,  # type: ignore[arg-type]
+            **fields,
         )
         with (self.job_dir / PROGRESS_FILE).open("ab") as handle:
             handle.write(event.model_dump_json(exclude_none=True).encode() + b"\n")

@@ -168,51 +168,55 @@ class DockerRuntime:
         )
 
     async def start(self, image: str, name: str, log_file: Path) -> Server:
+        try:
+            container = await asyncio.to_thread(self._run, image, name)
+            await asyncio.to_thread(container.reload)
+        except docker.errors.APIError as exc:
+            with contextlib.suppress(docker.errors.APIError):
+                await asyncio.to_thread(self.client.api.remove_container, name, force=True)
+            raise LaunchFault(ReasonCode.START_FAILED, str(exc.explanation or exc)[:500]) from None
+        return DockerServer(container, self.profile, log_file, self.client)
+
+    def _run(self, image: str, name: str) -> Container:
+        """Start `image` detached under the run profile (DESIGN.md §4.8). Blocking (docker SDK)."""
         profile, spec = self.profile, self.spec
         tmpfs = f"rw,nosuid,nodev,size={profile.tmpfs_bytes}"
-        kwargs = {
-            "name": name,
-            "detach": True,
-            "labels": {LABEL: "1"},
-            "environment": {
+        return self.client.containers.run(
+            image,
+            detach=True,
+            name=name,
+            labels={LABEL: "1"},
+            environment={
                 "PORT": str(PORT),
                 "MODEL_PATH": MODEL_MOUNT,
                 "SERVED_MODEL_NAME": spec.served_model_name,
                 "MAX_MODEL_LEN": str(spec.max_model_len),
                 "HF_HUB_OFFLINE": "1",
             },
-            "network_mode": "none",
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
-            "read_only": True,
-            "tmpfs": {path: tmpfs for path in SCRATCH_DIRS},
-            "shm_size": profile.shm_bytes,
-            "ulimits": [
+            network_mode="none",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            tmpfs={path: tmpfs for path in SCRATCH_DIRS},
+            shm_size=profile.shm_bytes,
+            ulimits=[
                 docker.types.Ulimit(
                     name="memlock", soft=profile.memlock_bytes, hard=profile.memlock_bytes
                 )
             ],
-            "pids_limit": profile.pids,
-            "mem_limit": profile.memory_bytes,
-            "memswap_limit": profile.memory_bytes,
-            "volumes": {spec.model_path: {"bind": MODEL_MOUNT, "mode": "ro"}},
-            "log_config": docker.types.LogConfig(
+            pids_limit=profile.pids,
+            mem_limit=profile.memory_bytes,
+            memswap_limit=profile.memory_bytes,
+            volumes={spec.model_path: {"bind": MODEL_MOUNT, "mode": "ro"}},
+            log_config=docker.types.LogConfig(
                 type="json-file", config={"max-size": "10m", "max-file": "2"}
             ),
-            "device_requests": (
+            device_requests=(
                 [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
                 if profile.gpus
                 else []
             ),
-        }
-        try:
-            container = await asyncio.to_thread(self.client.containers.run, image, **kwargs)
-            await asyncio.to_thread(container.reload)
-        except docker.errors.APIError as exc:
-            with contextlib.suppress(docker.errors.APIError):
-                await asyncio.to_thread(self.client.api.remove_container, name, force=True)
-            raise LaunchFault(ReasonCode.START_FAILED, str(exc.explanation or exc)[:500]) from None
-        return DockerServer(container, profile, log_file, self.client)
+        )
 
 
 class DockerServer:

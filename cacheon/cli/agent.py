@@ -123,10 +123,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _refresh_urls(args: argparse.Namespace) -> int:
-    from cacheon.agent import job, uploads
+    from cacheon.agent import uploads
+    from cacheon.protocol import JobSpec
 
     try:
-        spec = job.JobSpec.model_validate_json(args.job.read_bytes())
+        spec = JobSpec.model_validate_json(args.job.read_bytes())
         slots = uploads.parse_slots(sys.stdin.buffer.read())
     except OSError as exc:
         return _fail(f"{args.job}: {exc.strerror}")

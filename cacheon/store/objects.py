@@ -15,7 +15,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -37,6 +38,10 @@ from cacheon.protocol import (
     UploadSlot,
     trace_object,
 )
+
+if TYPE_CHECKING:  # botocore builds its clients at run time; boto3-stubs (dev) types them
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
 ATTEMPTS = 4
 CONNECT_TIMEOUT_S = 10
@@ -76,7 +81,7 @@ def check_round_id(round_id: str) -> str:
 
 @dataclass
 class ObjectStore:
-    client: Any  # a boto3 S3 client; botocore's types are generated at run time
+    client: S3Client
     bucket: str
     prefix: str
     url_expiry_s: int
@@ -193,6 +198,11 @@ class ObjectStore:
         self.put(f"{self.prefix}/public/latest.json", body)
         return key
 
+    def _delete(self, keys: list[str]) -> None:
+        """One DeleteObjects call: at most 1000 keys, S3's limit."""
+        objects: list[ObjectIdentifierTypeDef] = [{"Key": key} for key in keys]
+        self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+
     def prune_rounds(self, keep: int) -> int:
         """Delete every object of all but the `keep` most recently written rounds; returns how
         many objects were deleted. Keeps the bucket bounded however long the daemon runs."""
@@ -213,13 +223,7 @@ class ObjectStore:
         ordered = sorted(newest, key=lambda r: newest[r], reverse=True)
         doomed = [key for round_id in ordered[keep:] for key in keys[round_id]]
         for start in range(0, len(doomed), 1000):
-            batch = [{"Key": key} for key in doomed[start : start + 1000]]
-            self._call(
-                "delete old rounds",
-                lambda batch=batch: self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-                ),
-            )
+            self._call("delete old rounds", partial(self._delete, doomed[start : start + 1000]))
         if doomed:
             log.info("pruned old rounds", rounds=len(ordered) - keep, objects=len(doomed))
         return len(doomed)

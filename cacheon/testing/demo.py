@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cacheon.log import configure_logging
-from cacheon.protocol import PublicReport
+from cacheon.protocol import PublicReport, Uid
 from cacheon.store.db import Database
 from cacheon.testing.local_arena import NETUID, LocalArena, Services, start_services
 from cacheon.validator.assemble import build_parts, state_path
@@ -66,7 +66,7 @@ def run_demo_on(services: Services, workdir: Path, console: Console) -> PublicRe
             evaluation_version=daemon.version,
             netuid=NETUID,
             block=chain.head(),
-            uids={p.hotkey: p.uid for p in arena.participants.values()},
+            uids={p.hotkey: Uid(p.uid) for p in arena.participants.values()},
             last_round=rounds[0] if rounds else None,
         )
         row = chain.weights(NETUID, chain.head()).get(arena.validator.uid, [])
@@ -93,7 +93,7 @@ async def _one_pass(daemon: Daemon) -> None:
 def _print(
     console: Console, arena: LocalArena, report: PublicReport, row: list[tuple[int, int]]
 ) -> None:
-    names = {p.hotkey: name for name, p in arena.participants.items()}
+    names: dict[str, str] = {p.hotkey: name for name, p in arena.participants.items()}
     board = Table(title="Leaderboard (speed against the vLLM baseline stand-in)")
     for column in ("place", "miner", "uid", "speed ratio", "bounds", "launches"):
         board.add_column(column)

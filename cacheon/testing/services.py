@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +240,7 @@ class Registry:
             registry = cls(root, port, process)
             process.start()
             try:
-                process.wait_ready(lambda url=registry.url: _http_ok(f"{url}/v2/"), timeout=20)
+                process.wait_ready(partial(_http_ok, f"{registry.url}/v2/"), timeout=20)
             except ServiceError as exc:
                 if "address already in use" in str(exc):
                     continue
@@ -407,8 +408,8 @@ class SeaweedS3:
         identity = {
             "name": "admin",
             "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
-        identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]  # type: ignore[assignment]
         config.write_text(json.dumps({"identities": [identity]}))
         config.chmod(0o600)
         for _attempt in range(5):

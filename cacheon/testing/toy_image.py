@@ -91,7 +91,7 @@ def _stdlib_files(stdlib: Path) -> Iterable[Path]:
 @functools.cache
 def python_rootfs_tar() -> bytes:
     """The toy base filesystem as an uncompressed tar; built once per process."""
-    executable = Path(sys._base_executable).resolve()
+    executable = Path(sys.executable).resolve()  # a venv's python links to (or copies) it
     stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
     dynload = Path(str(sysconfig.get_config_var("DESTSHARED"))).resolve()
     busybox = shutil.which("busybox")

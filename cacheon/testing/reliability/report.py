@@ -69,9 +69,11 @@ def _recovery(trial: Trial, rounds: list[sqlite3.Row]) -> float | None:
     """Seconds from the fault's end until a round scored since it hit and weights set since
     (0 when both happened while the fault still held); None when either never came."""
     since = trial.fault_start
-    scored = [r["ended_at"] for r in rounds if r["state"] == "scored" and r["ended_at"] >= since]
+    scored = [
+        float(r["ended_at"]) for r in rounds if r["state"] == "scored" and r["ended_at"] >= since
+    ]
     weights = [
-        w["created_at"]
+        float(w["created_at"])
         for w in trial.rows("SELECT created_at FROM weights_log WHERE status = 'set'")
     ]
     if not scored or not weights:
