@@ -74,6 +74,11 @@ class ArenaSettings(_Section):
     min_blocks_between_evaluations: int = Field(default=7200, ge=0)
     max_launches: int = Field(default=8, ge=1)
     sigma_floor: float = Field(default=0.02, gt=0)
+    """Hard minimum of the launch-noise bound decisions use (log scale)."""
+    sigma_prior: float = Field(default=0.05, gt=0)
+    """The launch noise assumed until three baseline pairs measure it."""
+    sigma_confidence: float = Field(default=0.9, ge=0.5, lt=1)
+    """One-sided confidence of the upper bound on the launch noise, from the baseline pairs."""
     alpha: float = Field(default=0.01, gt=0, lt=0.5)
     """One-sided error of a crown, spent over at most `max_launches` looks (O'Brien-Fleming-type)."""
     leader_share: float = Field(default=0.8, gt=0, le=1)
@@ -81,6 +86,13 @@ class ArenaSettings(_Section):
     max_image_gb: float = Field(default=60.0, gt=0)
     registry_allowlist: list[str] = Field(default_factory=list)
     """Registry hosts a commitment may name; empty allows any."""
+    base_images: list[str] = Field(default_factory=list)
+    """Public images (canonical digest references) whose layers everyone may share, beside the
+    baseline's: the engines and CUDA bases miners build on. Their layers never make a copy."""
+    copy_tiny_mb: float = Field(default=16.0, ge=0)
+    """What an image may add to a protected image's layers or files and still be its copy."""
+    copy_file_share: float = Field(default=0.9, gt=0, le=1)
+    """Share of a protected image's own file bytes an image must hold to be its copy by files."""
 
 
 class ModelSettings(_Section):

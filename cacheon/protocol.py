@@ -285,6 +285,32 @@ class FetchPlan(_Model):
     files: tuple[ModelFile, ...]
 
 
+class FileFingerprint(_Model):
+    """A sample of an image's files, for the file-level copy check (DESIGN.md §4.6).
+
+    A squash or a re-layering changes an image's layers, not its files, so the agent fingerprints
+    the files it pulled: every regular file is named by the first 16 hex digits of
+    sha256(path, size, sha256 of its content). Every file of `SAMPLE_ALL_BYTES` or more is kept
+    (large files carry the bytes) and the smaller ones whose name falls in a fixed 1/`SAMPLE_RATE`
+    of the hash space, so two images' samples cover the same files and can be compared.
+    """
+
+    files: int
+    """Regular, non-empty files in the image."""
+    bytes: int
+    samples: tuple[tuple[str, int, bool], ...] = ()
+    """(name, size, own): own is True for a file from a layer outside the base layers."""
+
+
+FILE_SAMPLE_ALL_BYTES = 256 << 10
+FILE_SAMPLE_RATE = 64
+
+
+def file_sample_weight(size: int) -> int:
+    """How many files one sampled file of `size` stands for."""
+    return 1 if size >= FILE_SAMPLE_ALL_BYTES else FILE_SAMPLE_RATE
+
+
 class ImageFacts(_Model):
     """What the engine says about an image; used for copy detection outside the container."""
 
@@ -292,6 +318,8 @@ class ImageFacts(_Model):
     config_digest: DigestStr | None = None
     layer_diff_ids: tuple[str, ...] = ()
     compressed_size: int | None = None
+    files: FileFingerprint | None = None
+    """The image's file sample, when the agent could read the image (not for attached servers)."""
 
 
 class HardwareFacts(_Model):
@@ -505,7 +533,8 @@ class PublicReport(_Model):
     netuid: int
     block: int
     published_at: float
-    launch_noise: float | None = None  # pooled sigma_L, log scale
+    launch_noise: float | None = None
+    """The launch-noise bound decisions use (log scale): what `cacheon-miner check --sigma` takes."""
     leader: Standing | None = None
     runner_up: Standing | None = None
     pending: tuple[Standing, ...] = ()

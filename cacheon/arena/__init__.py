@@ -6,6 +6,7 @@ they return; the same code runs in the simulator, so the rules are measured as t
 """
 
 from cacheon.arena.attribution import FAILURES, UNEVALUABLE_LIMIT, Charged, Fault, attribute, charge
+from cacheon.arena.copies import Copy, FileMatch, file_copy, file_match, layer_copy
 from cacheon.arena.emission import burn_uid, weights
 from cacheon.arena.judge import (
     CALL_REASON,
@@ -31,6 +32,7 @@ from cacheon.arena.measure import (
     measure_round,
 )
 from cacheon.arena.params import ArenaParams
+from cacheon.arena.screen import Listing, Screened, Unlisted, screen, with_listing
 from cacheon.arena.standings import (
     Change,
     ChangeKind,
@@ -43,20 +45,14 @@ from cacheon.arena.standings import (
     advance,
 )
 from cacheon.arena.submissions import (
-    Copy,
     Deferral,
     Judged,
-    Listing,
     Queued,
-    Screened,
     Selection,
     Submission,
-    Unlisted,
-    find_copy,
     first_seen,
     is_terminal,
     replay,
-    screen,
     select_challengers,
 )
 from cacheon.arena.verdict import (
@@ -65,8 +61,11 @@ from cacheon.arena.verdict import (
     Decision,
     alpha_spent,
     bounds,
+    chi2_quantile,
+    contestant_sigma,
     decide,
     pooled_sigma,
+    sigma_bound,
 )
 
 __all__ = [
@@ -88,6 +87,7 @@ __all__ = [
     "Entry",
     "Evidence",
     "Fault",
+    "FileMatch",
     "History",
     "Holder",
     "Judged",
@@ -114,19 +114,25 @@ __all__ = [
     "bounds",
     "burn_uid",
     "charge",
+    "chi2_quantile",
     "compare",
+    "contestant_sigma",
     "decide",
     "decision_text",
-    "find_copy",
+    "file_copy",
+    "file_match",
     "first_seen",
     "is_terminal",
     "judge",
     "launch_speeds",
+    "layer_copy",
     "measure_round",
     "pooled_sigma",
     "replay",
     "screen",
     "select_challengers",
     "settle",
+    "sigma_bound",
     "weights",
+    "with_listing",
 ]

@@ -19,7 +19,7 @@ from cacheon.arena.attribution import FAILURES, attribute, charge
 from cacheon.arena.measure import Evidence, Roster, behavioural_copies, measure_round
 from cacheon.arena.params import ArenaParams
 from cacheon.arena.standings import Crown, Holder, Transition
-from cacheon.arena.verdict import Bounds, Call, Decision, bounds, decide
+from cacheon.arena.verdict import Bounds, Call, Decision, bounds, contestant_sigma, decide
 from cacheon.protocol import (
     Attribution,
     ContestantResult,
@@ -101,7 +101,8 @@ class Judgement:
 class RoundJudgement:
     round_id: str
     sigma: float
-    """The launch noise the round was judged with (log scale)."""
+    """The pooled launch-noise bound the round was judged with (log scale); a contestant with
+    enough launches of its own is judged with its own spread when that is larger."""
     void: ReasonCode | None = None
     """Why the round compared nobody; its judgements are then NO_DECISIONs and FAILs."""
     detail: str = ""
@@ -161,7 +162,9 @@ def judge(
         total = _joined(
             history.vs_baseline.get(entrant.holder.digest), measured.vs_baseline, entrant
         )
-        ratio = None if total is None else bounds(total, sigma, params.alpha)
+        ratio = (
+            None if total is None else bounds(total, contestant_sigma(sigma, total), params.alpha)
+        )
         passed = Judgement(
             entrant.key,
             entrant.holder,
@@ -183,7 +186,10 @@ def judge(
             judgements.append(replace(passed, reason=ReasonCode.PENDING, detail=detail))
         else:
             prior = history.tests.get(entrant.holder.digest)
-            decision = decide(prior, increment, sigma, params)
+            spread = increment
+            if prior is not None and prior.against == increment.against:
+                spread = prior.plus(increment)
+            decision = decide(prior, increment, contestant_sigma(sigma, spread), params)
             detail = decision_text(decision, opponent, params)
             judgements.append(
                 replace(

@@ -38,6 +38,8 @@ class Evidence:
     launches: int = 0
     total: float = 0.0
     variance_units: float = 0.0
+    squares: float = 0.0
+    """Sum of d_i squared: with `total`, the spread of the contestant's own launches."""
 
     def plus(self, more: Evidence) -> Evidence:
         if more.against != self.against:
@@ -47,14 +49,25 @@ class Evidence:
             self.launches + more.launches,
             self.total + more.total,
             self.variance_units + more.variance_units,
+            self.squares + more.squares,
         )
 
     @property
     def mean(self) -> float:
-        return self.total / self.launches
+        return self.total / self.launches if self.launches else 0.0
 
     def standard_error(self, sigma: float) -> float:
+        if not self.launches:
+            return math.inf
         return sigma * math.sqrt(self.variance_units) / self.launches
+
+    @property
+    def spread(self) -> float | None:
+        """The sample standard deviation of the launches' d_i; None below two launches."""
+        if self.launches < 2:
+            return None
+        variance = (self.squares - self.total**2 / self.launches) / (self.launches - 1)
+        return math.sqrt(max(0.0, variance))
 
 
 @dataclass(frozen=True)
@@ -250,12 +263,13 @@ def _via(challenger: Evidence, leader: Evidence, against: Digest) -> Evidence:
     it); the two share baseline launches too, whose positive covariance is left out, which
     overstates the variance: the bound is conservative, never the challenger's gain.
     """
-    n = challenger.launches
+    n, bar = challenger.launches, leader.mean
     return Evidence(
         against,
         n,
-        challenger.total - n * leader.mean,
+        challenger.total - n * bar,
         challenger.variance_units + n * n * leader.variance_units / leader.launches**2,
+        challenger.squares - 2 * bar * challenger.total + n * bar * bar,
     )
 
 
@@ -264,17 +278,22 @@ def _against(
 ) -> Evidence | None:
     times = [anchor.at for anchor in opponent]
     opponent_weight = [0.0] * len(opponent)
-    launches, total = 0, 0.0
+    ratios = []
     for run in runs:
         right = bisect.bisect_left(times, run.at)
         if right == 0 or right == len(times):
             continue
         before, after = opponent[right - 1], opponent[right]
         w = (run.at - before.at) / (after.at - before.at)
-        total += run.log_speed - ((1 - w) * before.log_speed + w * after.log_speed)
+        ratios.append(run.log_speed - ((1 - w) * before.log_speed + w * after.log_speed))
         opponent_weight[right - 1] += 1 - w
         opponent_weight[right] += w
-        launches += 1
-    if launches == 0:
+    if not ratios:
         return None
-    return Evidence(digest, launches, total, launches + math.fsum(a * a for a in opponent_weight))
+    return Evidence(
+        digest,
+        len(ratios),
+        math.fsum(ratios),
+        len(ratios) + math.fsum(a * a for a in opponent_weight),
+        math.fsum(d * d for d in ratios),
+    )

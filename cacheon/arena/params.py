@@ -21,12 +21,16 @@ class ArenaParams:
     max_launches: int
     """Launches a challenger may spend against one opponent before it is ruled not faster."""
     sigma_floor: float
-    """Lower bound of the launch-noise estimate, so a lucky quiet history cannot shrink it."""
+    """Hard minimum of the launch-noise bound: below any CUDA-graph engine measured so far."""
     max_challengers_per_round: int
     min_blocks_between_evaluations: int
     """Cooldown between the starts of two evaluations of one hotkey."""
     leader_share: float
     """Emission share of the leader; the runner-up gets the rest."""
+    sigma_prior: float = 0.05
+    """The launch noise assumed until there are `MIN_PAIRS` baseline pairs to measure it from."""
+    sigma_confidence: float = 0.9
+    """One-sided confidence of the upper bound on the launch noise that decisions use."""
 
     def __post_init__(self) -> None:
         problems = [
@@ -53,6 +57,13 @@ class ArenaParams:
                     self.leader_share,
                     0 < self.leader_share <= 1,
                     "must be in (0, 1]",
+                ),
+                ("sigma_prior", self.sigma_prior, self.sigma_prior > 0, "must be > 0"),
+                (
+                    "sigma_confidence",
+                    self.sigma_confidence,
+                    0.5 <= self.sigma_confidence < 1,
+                    "must be in [0.5, 1)",
                 ),
             )
             if not ok

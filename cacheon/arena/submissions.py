@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from cacheon.arena.attribution import attribute
 from cacheon.arena.params import ArenaParams
 from cacheon.protocol import Block, Digest, Hotkey, Outcome, ReasonCode, Uid
 
@@ -27,6 +26,8 @@ class Submission:
     first_seen: Block
     layers: frozenset[str] | None = None
     """The image's layer diff ids from the registry; None until the manifest has been read."""
+    layer_sizes: tuple[tuple[str, int], ...] = ()
+    """(diff id, compressed bytes) of the layers whose size the registry gave."""
 
     @property
     def precedence(self) -> tuple[int, int, str]:
@@ -41,114 +42,6 @@ def first_seen(chain_block: Block, recorded: Block | None) -> Block:
     were offline when it appeared.
     """
     return chain_block if recorded is None else min(chain_block, recorded)
-
-
-@dataclass(frozen=True)
-class Copy:
-    """Why a submission is a copy, and of whom (None: of the baseline or a reference image)."""
-
-    reason: ReasonCode
-    of: Hotkey | None
-
-
-def find_copy(
-    submission: Submission, history: Iterable[Submission], base_layers: frozenset[str]
-) -> Copy | None:
-    """The copy finding for `submission` against every submission seen before it, if any.
-
-    `history` is every submission the validator has recorded (it may include `submission`
-    itself); `base_layers` are the layers of the pinned baseline and published reference images,
-    which everyone may legitimately share. Same-hotkey re-commits are never copies, and the
-    earliest holder is named, whatever order `history` comes in.
-    """
-    own = None if submission.layers is None else submission.layers - base_layers
-    matches = [
-        other
-        for other in history
-        if other.hotkey != submission.hotkey
-        and other.precedence < submission.precedence
-        and (other.digest == submission.digest or _contains(own, other, base_layers))
-    ]
-    if matches:
-        earliest = min(matches, key=lambda other: other.precedence)
-        return Copy(ReasonCode.COPY_OF, earliest.hotkey)
-    if own is not None and not own:
-        return Copy(ReasonCode.COPY_OF_REFERENCE, None)
-    return None
-
-
-def _contains(own: frozenset[str] | None, other: Submission, base_layers: frozenset[str]) -> bool:
-    # An image built on top of another miner's image carries all of that miner's layers.
-    if own is None or other.layers is None:
-        return False
-    theirs = other.layers - base_layers
-    return bool(theirs) and theirs <= own
-
-
-@dataclass(frozen=True)
-class Listing:
-    """What the registry lists for an image's linux/amd64 platform."""
-
-    compressed_size: int
-    layers: tuple[str, ...]
-    """Layer diff ids, bottom first (the copy checks compare them)."""
-
-
-@dataclass(frozen=True)
-class Unlisted:
-    """The registry did not list the image; `reason` says whose fault that is (§3 step 1)."""
-
-    reason: ReasonCode
-    detail: str
-
-
-@dataclass(frozen=True)
-class Screened:
-    """The pre-screen's finding for one submission, before any GPU money is spent.
-
-    PASS: it may be queued; FAIL: it is failed with `reason`; NO_DECISION: the check could not
-    run (the registry is unavailable) and the submission waits for the next poll.
-    """
-
-    outcome: Outcome
-    submission: Submission
-    """With the layers the registry listed, when it listed them."""
-    reason: ReasonCode | None = None
-    detail: str = ""
-
-
-def screen(
-    submission: Submission,
-    answer: Listing | Unlisted,
-    *,
-    max_bytes: int,
-    history: Iterable[Submission],
-    base_layers: frozenset[str] | None,
-) -> Screened:
-    """The poll-time pre-screen (DESIGN.md §3 step 1, §4.6): listed for linux/amd64, small enough,
-    and not a copy. `base_layers` None means the baseline's own listing is not known yet: copies
-    cannot be told apart from it, so the submission waits rather than skipping the check."""
-    if isinstance(answer, Unlisted):
-        fault = attribute(answer.reason, during_own_launch=True)
-        return Screened(fault.outcome, submission, answer.reason, answer.detail)
-    listed = Submission(
-        submission.hotkey,
-        submission.uid,
-        submission.digest,
-        submission.first_seen,
-        frozenset(answer.layers),
-    )
-    if answer.compressed_size > max_bytes:
-        detail = f"{answer.compressed_size / 1e9:.1f} GB compressed > {max_bytes / 1e9:g} GB"
-        return Screened(Outcome.FAIL, listed, ReasonCode.IMAGE_TOO_LARGE, detail)
-    if base_layers is None:
-        detail = "the baseline's layers are not known yet; the copy check waits for the registry"
-        return Screened(Outcome.NO_DECISION, listed, ReasonCode.REGISTRY_UNAVAILABLE, detail)
-    copy = find_copy(listed, history, base_layers)
-    if copy is not None:
-        detail = f"copy of {copy.of}" if copy.of else "no layers beyond the baseline's"
-        return Screened(Outcome.FAIL, listed, copy.reason, detail)
-    return Screened(Outcome.PASS, listed)
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,81 @@ spent. Stopping early can only lower the crown rate; at 0.1 it saves a copy abou
 eight launches and costs no measurable power at +3% or +5% (bench/verdict_sim.py)."""
 
 
+MIN_PAIRS: Final = 3
+"""Baseline pairs needed before the launch noise is measured rather than assumed (`sigma_prior`)."""
+OWN_SPREAD_LAUNCHES: Final = 3
+"""Launches after which a contestant's own spread also bounds the noise it is judged with."""
+LAUNCH_VARIANCE_UNITS: Final = 1.5
+"""Var(d_i) / sigma_L^2 of one launch midway between two opponent launches: its own noise (1)
+and the interpolated opponent's (0.5^2 + 0.5^2). A launch nearer one opponent launch has more,
+so dividing a contestant's spread by this can only overstate its noise."""
+
+
+def _kept(values: list[float]) -> list[float]:
+    """The values within OUTLIER_SIGMAS MAD-estimated sigmas of their median."""
+    centre = statistics.median(values)
+    cut = OUTLIER_SIGMAS * _MAD_TO_SIGMA * statistics.median(abs(v - centre) for v in values)
+    return [value for value in values if abs(value - centre) <= cut]
+
+
+def sigma_bound(pairs: Iterable[float], params: ArenaParams) -> float:
+    """The launch noise decisions use: an upper confidence bound on sigma_L from B/B' pairs.
+
+    Only the pinned baseline's pairs count (no miner can tune it). The spread is robust to the
+    odd wild launch (`pooled_sigma`), and the bound is the chi-square one on the pooled variance
+    at `sigma_confidence`: with few pairs it sits well above the estimate (3.1x at 3 pairs,
+    1.2x at 30 at 0.9) and it shrinks as pairs accumulate, so a short or lucky history cannot crown on
+    noise. Until `MIN_PAIRS` pairs exist the noise is assumed to be `sigma_prior`.
+    """
+    values = list(pairs)
+    if len(values) < MIN_PAIRS:
+        return max(params.sigma_floor, params.sigma_prior)
+    kept = _kept(values)
+    if len(kept) < MIN_PAIRS:
+        return max(params.sigma_floor, params.sigma_prior)
+    mean = math.fsum(kept) / len(kept)
+    squares = math.fsum((value - mean) ** 2 for value in kept)
+    df = len(kept) - 1
+    variance = squares / chi2_quantile(1 - params.sigma_confidence, df)
+    return max(params.sigma_floor, math.sqrt(variance / 2))
+
+
+def contestant_sigma(pooled: float, evidence: Evidence | None) -> float:
+    """The noise one contestant is judged with: the pooled bound, or its own launches' spread
+    once it has OWN_SPREAD_LAUNCHES of them, whichever is larger (a noisy server is judged with
+    its own noise, never the quieter pod's)."""
+    if evidence is None or evidence.launches < OWN_SPREAD_LAUNCHES or evidence.spread is None:
+        return pooled
+    return max(pooled, evidence.spread / math.sqrt(LAUNCH_VARIANCE_UNITS))
+
+
+def chi2_quantile(p: float, df: int) -> float:
+    """The p-quantile of the chi-square distribution with `df` degrees of freedom (bisection on
+    the regularised lower incomplete gamma function, exact to 1e-10 relative)."""
+    if not 0 < p < 1 or df < 1:
+        raise ValueError(f"chi2_quantile({p}, {df}): need 0 < p < 1 and df >= 1")
+    low, high = 0.0, df + 20 * math.sqrt(df) + 40
+    while high - low > 1e-10 * high:
+        middle = (low + high) / 2
+        low, high = (middle, high) if _gamma_p(df / 2, middle / 2) < p else (low, middle)
+    return (low + high) / 2
+
+
+def _gamma_p(a: float, x: float) -> float:
+    """P(a, x) by its series (converges for every x; the quantiles asked for lie below a + 40)."""
+    if x <= 0:
+        return 0.0
+    term = total = 1 / a
+    n = 0
+    while abs(term) > 1e-16 * abs(total) and n < 10_000:
+        n += 1
+        term *= x / (a + n)
+        total += term
+    return min(1.0, total * math.exp(a * math.log(x) - x - math.lgamma(a)))
+
+
 def pooled_sigma(pairs: Iterable[float], floor: float) -> float:
-    """The launch noise sigma_L from the history of bookend pairs log(L'/L) and log(B'/B).
+    """The point estimate of sigma_L from baseline pairs log(B'/B), for display.
 
     A pair is the difference of two launches, so its spread is sqrt(2) sigma_L. The spread is the
     standard deviation about the mean, which leaves out drift (the interpolation removes it), of
@@ -49,9 +122,7 @@ def pooled_sigma(pairs: Iterable[float], floor: float) -> float:
     values = list(pairs)
     if len(values) < 2:
         return floor
-    centre = statistics.median(values)
-    cut = OUTLIER_SIGMAS * _MAD_TO_SIGMA * statistics.median(abs(v - centre) for v in values)
-    kept = [value for value in values if abs(value - centre) <= cut]
+    kept = _kept(values)
     if len(kept) < 2:
         return floor
     mean = math.fsum(kept) / len(kept)

@@ -66,6 +66,8 @@ class ImageManifest:
     """Sum of the layer blob sizes and the config blob."""
     layers: tuple[str, ...]
     diff_ids: tuple[str, ...]
+    layer_sizes: tuple[int, ...] = ()
+    """Compressed bytes of each layer, in the order of `layers` and `diff_ids`."""
 
 
 def registry_base_url(registry: str) -> str:
@@ -239,6 +241,9 @@ async def _resolve(session: _Session, image: ImageRef) -> ImageManifest:
         + sum(int(layer.get("size") or 0) for layer in layers if isinstance(layer, dict)),
         layers=tuple(str(layer.get("digest")) for layer in layers if isinstance(layer, dict)),
         diff_ids=tuple(str(d) for d in diff_ids),
+        layer_sizes=tuple(
+            int(layer.get("size") or 0) for layer in layers if isinstance(layer, dict)
+        ),
     )
 
 

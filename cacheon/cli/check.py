@@ -40,11 +40,13 @@ from cacheon.arena import (
     Unlisted,
     judge,
     screen,
+    sigma_bound,
+    with_listing,
 )
 from cacheon.chain.commitments import ImageRef, Rejection, parse_reference
 from cacheon.cli import check_render as render
 from cacheon.cli.common import EXIT_FAILED, EXIT_USAGE, add_settings_arguments
-from cacheon.config import Settings
+from cacheon.config import ArenaSettings, Settings
 from cacheon.protocol import (
     Block,
     Digest,
@@ -64,6 +66,7 @@ from cacheon.validator.evaluation import arena_params
 from cacheon.validator.screening import list_image
 
 _HEX = re.compile(r"^[0-9a-f]{1,128}$")
+NOISE_PRIOR = "what a validator assumes before it has measured its pod; --sigma takes one's"
 MINE = Hotkey(OWN_HOTKEY)
 LEADER = Hotkey(LEADER_HOTKEY)
 
@@ -162,7 +165,7 @@ async def check(settings: Settings, args: argparse.Namespace, out: Console) -> i
             checked.contestant,
             None if args.baseline_server else checked.baseline,
             checked.leader,
-            settings.arena.max_image_gb,
+            settings.arena,
         )
         found = screened.screened
         if found is not None and found.outcome is Outcome.FAIL:
@@ -183,9 +186,10 @@ async def check(settings: Settings, args: argparse.Namespace, out: Console) -> i
     render.launches(out, job, run.report)
     render.gate_checks(out, run.gate.get(CONTESTANT), checked.gate)
     params = arena_params(settings.arena)
-    sigma = max(args.sigma or 0.0, params.sigma_floor)
+    sigma = sigma_bound((), params) if args.sigma is None else max(args.sigma, params.sigma_floor)
     mine = judgement(job, run.report, params, sigma)
-    render.verdict(out, mine, sigma, params.sigma_floor)
+    source = "given with --sigma" if args.sigma is not None else NOISE_PRIOR
+    render.verdict(out, mine, sigma, source)
     out.print(f"report, traces and server logs: {args.out}", highlight=False)
     return 0 if mine.outcome is Outcome.PASS else EXIT_FAILED
 
@@ -207,7 +211,7 @@ def judgement(
 
 
 async def prescreen(
-    image: str, baseline: str | None, leader: str | None, max_image_gb: float
+    image: str, baseline: str | None, leader: str | None, arena: ArenaSettings
 ) -> render.Prescreen:
     """The validator's poll-time pre-screen (`arena.screen`) of `image`, with the leader as the
     only earlier holder; `baseline` and `leader` are None where they are attached servers."""
@@ -218,27 +222,32 @@ async def prescreen(
         return render.Prescreen(screened=failed)
     answer = await list_image(ref)
     warnings: list[str] = []
-    base = await _layers(baseline, "baseline", warnings)
-    leading = await _layers(leader, "leader", warnings)
-    history = []
+    bases = [await _listing(baseline, "baseline", warnings)]
+    bases += [await _listing(public, "base image", warnings) for public in arena.base_images]
+    base = None
+    if all(listing is not None for listing in bases):
+        base = frozenset(layer for listing in bases if listing for layer in listing.layers)
+    leading = await _listing(leader, "leader", warnings)
+    protected = []
     if leader is not None and leading is not None:
         digest = Digest(leader.rpartition("@")[2])
-        history.append(Submission(LEADER, Uid(0), digest, Block(0), leading))
-    mine = Submission(MINE, Uid(1), ref.digest, Block(1))
+        protected.append(with_listing(Submission(LEADER, Uid(0), digest, Block(0)), leading))
     screened = screen(
-        mine,
+        Submission(MINE, Uid(1), ref.digest, Block(1)),
         answer,
-        max_bytes=int(max_image_gb * 1e9),
-        history=history,
+        max_bytes=int(arena.max_image_gb * 1e9),
+        protected=protected,
         base_layers=base,
+        tiny_bytes=int(arena.copy_tiny_mb * 1e6),
     )
     if screened.outcome is Outcome.NO_DECISION:
         warnings.append(f"a validator would wait: {screened.reason}: {screened.detail}")
     listing = answer if isinstance(answer, Listing) else None
-    return render.Prescreen(ref, listing, base, leading, screened, tuple(warnings))
+    leader_layers = None if leading is None else frozenset(leading.layers)
+    return render.Prescreen(ref, listing, base, leader_layers, screened, tuple(warnings))
 
 
-async def _layers(image: str | None, role: str, warnings: list[str]) -> frozenset[str] | None:
+async def _listing(image: str | None, role: str, warnings: list[str]) -> Listing | None:
     if image is None:
         return None
     ref = parse_reference(image)
@@ -249,7 +258,7 @@ async def _layers(image: str | None, role: str, warnings: list[str]) -> frozense
     if isinstance(answer, Unlisted):
         warnings.append(f"{role} manifest unavailable, copy checks skipped: {answer.detail}")
         return None
-    return frozenset(answer.layers)
+    return answer
 
 
 async def _run_with_progress(

@@ -157,7 +157,7 @@ _RESPONSE_RULE = {
 }
 
 
-def verdict(out: Console, judged: Judgement, sigma: float, floor: float) -> None:
+def verdict(out: Console, judged: Judgement, sigma: float, source: str) -> None:
     ratio, evidence = judged.ratio, judged.vs_baseline
     if ratio is not None and evidence is not None:
         n = evidence.launches
@@ -168,8 +168,7 @@ def verdict(out: Console, judged: Judgement, sigma: float, floor: float) -> None
             highlight=False,
         )
     if ratio is not None or judged.decision is not None:
-        noise = "the configured floor" if sigma <= floor else "given with --sigma"
-        out.print(f"launch noise sigma_L = {sigma:.4f} (log scale, {noise})", highlight=False)
+        out.print(f"launch noise sigma_L = {sigma:.4f} (log scale, {source})", highlight=False)
     if judged.behaves_like is not None:
         out.print(
             f"[yellow]{ReasonCode.BEHAVIOURAL_COPY.value}[/yellow]: "

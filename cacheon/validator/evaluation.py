@@ -3,7 +3,8 @@
 A terminal verdict is replayed instead of re-run only while the evaluation version is unchanged
 (DESIGN.md §3 step 2): the validator's major.minor, the model and its revision, the baseline
 digest, the workload (its generator and what it measures: a ratio at other concurrencies is
-another ratio), the gate thresholds and the miner contract. The round salt is
+another ratio), the gate thresholds, the miner contract and the arena settings that change a
+verdict (moat, alpha, max_launches, the noise rule, the copy rules). The round salt is
 HMAC(validator secret, round id): its hash is published before the round, the salt after it, so
 anyone can check the seed was not chosen after seeing the block.
 """
@@ -34,6 +35,8 @@ def arena_params(settings: ArenaSettings) -> ArenaParams:
         max_challengers_per_round=settings.max_challengers_per_round,
         min_blocks_between_evaluations=settings.min_blocks_between_evaluations,
         leader_share=settings.leader_share,
+        sigma_prior=settings.sigma_prior,
+        sigma_confidence=settings.sigma_confidence,
     )
 
 
@@ -47,9 +50,22 @@ def evaluation_version(settings: Settings, workload: Workload, gate: GateThresho
         "gate": gate.version,
         "contract": CONTRACT_VERSION,
         "schema": SCHEMA_VERSION,
+        "arena": _verdict_rules(settings.arena),
     }
     blob = json.dumps(parts, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _verdict_rules(arena: ArenaSettings) -> dict[str, object]:
+    """The arena settings that change a verdict: a decision reached under other ones is another
+    decision (evidence and verdicts are keyed by the evaluation version, DESIGN.md §4.5)."""
+    return {
+        "moat": arena.moat,
+        "alpha": arena.alpha,
+        "max_launches": arena.max_launches,
+        "sigma": [arena.sigma_floor, arena.sigma_prior, arena.sigma_confidence],
+        "copies": [sorted(arena.base_images), arena.copy_tiny_mb, arena.copy_file_share],
+    }
 
 
 def validator_secret(settings: Settings, db: Database) -> bytes:

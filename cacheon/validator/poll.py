@@ -20,6 +20,7 @@ from cacheon.arena import (
     first_seen,
     replay,
     screen,
+    with_listing,
 )
 from cacheon.chain.client import ChainClient, ChainState
 from cacheon.chain.commitments import Rejection, parse_reference, parse_submission
@@ -100,26 +101,17 @@ class Poller:
         listed = [found for uid, sub in parsed if (found := await self._listed(uid, sub))]
         self._state.record_submissions(
             SubmissionRecord(
-                Submission(
-                    entry.submission.hotkey,
-                    entry.submission.uid,
-                    entry.submission.digest,
-                    entry.submission.first_seen,
-                    frozenset(entry.answer.layers),
-                ),
-                entry.image,
-                entry.answer.compressed_size,
-                current=True,
+                entry.submission, entry.image, entry.answer.compressed_size, current=True
             )
             for entry in listed
             if isinstance(entry.answer, Listing)
         )
 
-        history = [r.submission for r in self._state.submissions()]
+        protected = self._state.passed()
         base = await self._base()
         queue: list[Queued] = []
         for entry in listed:
-            place = self._entry(entry, history, base, opponent, holders)
+            place = self._entry(entry, protected, base, opponent, holders)
             if isinstance(place, Verdict):
                 verdicts += self._once(place)
             elif place is not None:
@@ -135,7 +127,7 @@ class Poller:
     def _entry(
         self,
         entry: _Listed,
-        history: list[Submission],
+        protected: list[Submission],
         base: frozenset[str] | None,
         opponent: Digest | None,
         holders: frozenset[tuple[Hotkey, Digest]],
@@ -144,12 +136,14 @@ class Poller:
         (or waiting for the registry)."""
         if self._decided(entry.submission):
             return None
+        arena = self._settings.arena
         screened = screen(
             entry.submission,
             entry.answer,
-            max_bytes=int(self._settings.arena.max_image_gb * 1e9),
-            history=history,
+            max_bytes=int(arena.max_image_gb * 1e9),
+            protected=protected,
             base_layers=base,
+            tiny_bytes=int(arena.copy_tiny_mb * 1e6),
         )
         sub = screened.submission
         if screened.outcome is Outcome.FAIL:
@@ -210,23 +204,39 @@ class Poller:
         if known is not None and known.submission.layers is not None:
             size = known.size if known.size is not None else 0
             layers = tuple(sorted(known.submission.layers))
-            return _Listed(submission, known.image, Listing(size, layers))
+            sizes = dict(known.submission.layer_sizes)
+            listing = Listing(size, layers)
+            if set(sizes) == set(layers):
+                listing = Listing(size, layers, tuple(sizes[layer] for layer in layers))
+            return _Listed(with_listing(submission, listing), known.image, listing)
         latest = self._state.latest_verdict(sub.hotkey, digest)
         if latest is not None and latest.reason in _CONTESTANT_REGISTRY_FAULTS:
             return None  # pre-screen already failed it; nothing changes for a digest
-        return _Listed(submission, image, await list_image(sub.image, self._fetch))
+        answer = await list_image(sub.image, self._fetch)
+        if isinstance(answer, Listing):
+            submission = with_listing(submission, answer)
+        return _Listed(submission, image, answer)
 
     async def _base(self) -> frozenset[str] | None:
-        """The baseline image's layers, which everyone may share; None until the registry answers."""
+        """The layers everyone may share (the baseline's and the configured base images');
+        None until the registry has listed every one of them."""
         if self._base_layers is None:
-            image = parse_reference(self._settings.model.baseline_image)
-            if isinstance(image, Rejection):
-                raise ValueError(f"model.baseline_image: {image.detail}")
-            answer = await list_image(image, self._fetch)
-            if isinstance(answer, Unlisted):
-                log.warning("baseline manifest unavailable; copy checks wait", reason=answer.detail)
-                return None
-            self._base_layers = frozenset(answer.layers)
+            images = [self._settings.model.baseline_image, *self._settings.arena.base_images]
+            layers: set[str] = set()
+            for name in images:
+                image = parse_reference(name)
+                if isinstance(image, Rejection):
+                    raise ValueError(f"base image {name}: {image.detail}")
+                answer = await list_image(image, self._fetch)
+                if isinstance(answer, Unlisted):
+                    log.warning(
+                        "base image manifest unavailable; copy checks wait",
+                        image=name,
+                        reason=answer.detail,
+                    )
+                    return None
+                layers.update(answer.layers)
+            self._base_layers = frozenset(layers)
         return self._base_layers
 
     def _verdict(

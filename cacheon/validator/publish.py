@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 
 from cacheon import __version__
-from cacheon.arena import ArenaParams, Holder, bounds, pooled_sigma
+from cacheon.arena import ArenaParams, Holder, bounds, sigma_bound
 from cacheon.protocol import (
     Hotkey,
     JobSpec,
@@ -39,7 +39,7 @@ def build_public_report(
     uids: Mapping[Hotkey, Uid],
     last_round: RoundRecord | None,
 ) -> PublicReport:
-    sigma = pooled_sigma(state.noise_pairs(), params.sigma_floor)
+    sigma = sigma_bound(state.noise_pairs(), params)
     _, standings = state.standings()
     images = {(r.submission.hotkey, r.submission.digest): r.image for r in state.submissions()}
 

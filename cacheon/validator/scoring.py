@@ -24,8 +24,8 @@ from cacheon.arena import (
     advance,
     bounds,
     judge,
-    pooled_sigma,
     settle,
+    sigma_bound,
 )
 from cacheon.protocol import Block, Digest, Hotkey, JobSpec, Outcome, Role
 from cacheon.validator.state import EvidenceKind, EvidenceRow, ScoredRound, ValidatorState, Verdict
@@ -45,7 +45,7 @@ class Scoring:
         standings: Standings,
         registered: Collection[Hotkey],
     ) -> ScoredRound:
-        sigma = pooled_sigma(self.state.noise_pairs(), self.params.sigma_floor)
+        sigma = sigma_bound(self.state.noise_pairs(), self.params)
         judged = judge(job, result, self.params, sigma, self.history(job))
         behaves = tuple(
             (j.holder.digest, j.behaves_like)

@@ -21,4 +21,4 @@ async def list_image(ref: ImageRef, fetch: ManifestFetcher = fetch_manifest) -> 
         manifest = await fetch(ref)
     except RegistryProblem as problem:
         return Unlisted(problem.reason, str(problem))
-    return Listing(manifest.compressed_size, manifest.diff_ids)
+    return Listing(manifest.compressed_size, manifest.diff_ids, manifest.layer_sizes)

@@ -102,7 +102,7 @@ class ValidatorState:
             conn.execute("UPDATE submissions SET current = 0")
             for record in rows:
                 sub = record.submission
-                layers = None if sub.layers is None else json.dumps(sorted(sub.layers))
+                layers = None if sub.layers is None else _layers_json(sub)
                 conn.execute(
                     "INSERT INTO submissions(hotkey, digest, image, uid, first_seen, layers, size,"
                     " current, seen_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -127,6 +127,18 @@ class ValidatorState:
         where = " WHERE current = 1" if current_only else ""
         rows = self.db.query(f"SELECT * FROM submissions{where}")  # noqa: S608 (fixed fragment)
         return [_submission(row) for row in rows]
+
+    def passed(self) -> list[Submission]:
+        """Submissions whose latest decisive verdict is a PASS: the earlier holders worth
+        protecting from copies (DESIGN.md §4.6); a failed one protects nothing."""
+        rows = self.db.query(
+            "SELECT s.* FROM submissions s JOIN verdicts v ON v.hotkey = s.hotkey"
+            " AND v.digest = s.digest WHERE v.id = (SELECT MAX(id) FROM verdicts w"
+            " WHERE w.hotkey = s.hotkey AND w.digest = s.digest AND w.outcome != ?)"
+            " AND v.outcome = ?",
+            (Outcome.NO_DECISION.value, Outcome.PASS.value),
+        )
+        return [_submission(row).submission for row in rows]
 
     def submission(self, hotkey: Hotkey, digest: Digest) -> SubmissionRecord | None:
         rows = self.db.query(
@@ -468,8 +480,16 @@ def _insert_verdict(conn: sqlite3.Connection, v: Verdict, now: float) -> None:
     )
 
 
+def _layers_json(sub: Submission) -> str:
+    """{diff id: compressed bytes or null}: the layers and the sizes the registry gave."""
+    sizes = dict(sub.layer_sizes)
+    return json.dumps({layer: sizes.get(layer) for layer in sorted(sub.layers or ())})
+
+
 def _submission(row: sqlite3.Row) -> SubmissionRecord:
-    layers = None if row["layers"] is None else frozenset(json.loads(row["layers"]))
+    stored = None if row["layers"] is None else json.loads(row["layers"])
+    layers = None if stored is None else frozenset(stored)  # a list before sizes were kept
+    sizes = stored.items() if isinstance(stored, dict) else ()
     return SubmissionRecord(
         Submission(
             Hotkey(row["hotkey"]),
@@ -477,6 +497,7 @@ def _submission(row: sqlite3.Row) -> SubmissionRecord:
             Digest(row["digest"]),
             Block(row["first_seen"]),
             layers,
+            tuple((layer, int(size)) for layer, size in sizes if size is not None),
         ),
         row["image"],
         row["size"],

@@ -1,4 +1,4 @@
-"""Eligibility at poll time: first-seen precedence, copies, replays and the round's queue."""
+"""Eligibility at poll time: first-seen precedence, replays and the round's queue."""
 
 from __future__ import annotations
 
@@ -10,20 +10,16 @@ from hypothesis import strategies as st
 
 from cacheon.arena import (
     ArenaParams,
-    Copy,
     Deferral,
     Judged,
     Queued,
     Submission,
-    find_copy,
     first_seen,
     is_terminal,
     replay,
     select_challengers,
 )
 from cacheon.protocol import Block, Digest, Hotkey, Outcome, ReasonCode, Uid
-
-BASE = frozenset({"base-cuda", "base-vllm"})
 
 
 def digest(tag: str) -> Digest:
@@ -44,102 +40,6 @@ def sub(
         Block(block),
         None if layers is None else frozenset(layers),
     )
-
-
-ALICE = sub("alice", "a", 100, uid=5, layers={"base-cuda", "base-vllm", "alice-engine"})
-ALICE_LATER = sub("alice", "b", 300, uid=5, layers={"base-cuda", "alice-engine", "alice-v2"})
-
-
-@pytest.mark.parametrize(
-    ("candidate", "history", "expected"),
-    [
-        pytest.param(
-            sub("bob", "a", 200, uid=2),
-            [ALICE],
-            Copy(ReasonCode.COPY_OF, Hotkey("alice")),
-            id="same digest, later, other hotkey",
-        ),
-        pytest.param(
-            sub("alice", "a", 400, uid=5),
-            [ALICE, ALICE_LATER],
-            None,
-            id="same-hotkey re-commit of its own digest",
-        ),
-        pytest.param(ALICE, [ALICE, sub("bob", "a", 200, uid=2)], None, id="the earlier holder"),
-        pytest.param(
-            sub("bob", "a", 100, uid=9),
-            [sub("alice", "a", 100, uid=5)],
-            Copy(ReasonCode.COPY_OF, Hotkey("alice")),
-            id="same block, bob has the higher uid",
-        ),
-        pytest.param(
-            sub("bob", "a", 100, uid=3),
-            [sub("alice", "a", 100, uid=5)],
-            None,
-            id="same block, bob has the lower uid",
-        ),
-        pytest.param(
-            sub("bob", "c", 200, uid=2, layers={"base-cuda", "alice-engine", "bob-tweak"}),
-            [ALICE],
-            Copy(ReasonCode.COPY_OF, Hotkey("alice")),
-            id="built on top of an earlier image",
-        ),
-        pytest.param(
-            sub("bob", "c", 200, uid=2, layers={"alice-engine"}),
-            [ALICE],
-            Copy(ReasonCode.COPY_OF, Hotkey("alice")),
-            id="same non-base layers, different digest",
-        ),
-        pytest.param(
-            sub("bob", "c", 200, uid=2, layers={"base-cuda", "bob-engine"}),
-            [ALICE],
-            None,
-            id="own layers on a shared base",
-        ),
-        pytest.param(
-            sub("bob", "c", 50, uid=2, layers={"base-cuda", "alice-engine", "bob-tweak"}),
-            [ALICE],
-            None,
-            id="containing a later image is not copying it",
-        ),
-        pytest.param(
-            sub("bob", "c", 200, uid=2, layers={"base-cuda", "base-vllm"}),
-            [ALICE],
-            Copy(ReasonCode.COPY_OF_REFERENCE, None),
-            id="nothing but base layers",
-        ),
-        pytest.param(
-            sub("bob", "c", 200, uid=2, layers={"alice-engine"}),
-            [sub("carol", "d", 150, uid=3, layers={"base-cuda"})],
-            None,
-            id="an earlier reference copy is contained by everything and counts for nothing",
-        ),
-        pytest.param(
-            sub("bob", "c", 200, uid=2),
-            [ALICE],
-            None,
-            id="layers unknown: digest rule only",
-        ),
-        pytest.param(
-            sub("dave", "a", 500, uid=4),
-            [sub("carol", "a", 300, uid=3), ALICE, sub("bob", "a", 200, uid=2)],
-            Copy(ReasonCode.COPY_OF, Hotkey("alice")),
-            id="the earliest holder is named",
-        ),
-    ],
-)
-def test_find_copy(candidate: Submission, history: list[Submission], expected: Copy | None) -> None:
-    assert find_copy(candidate, history, BASE) == expected
-    assert find_copy(candidate, [*reversed(history), candidate], BASE) == expected
-
-
-@given(st.permutations(range(6)))
-def test_find_copy_ignores_history_order(order: list[int]) -> None:
-    history = [sub(f"h{i}", "a", 100 + i % 3, uid=10 - i) for i in range(6)]
-    candidate = sub("late", "a", 900, uid=0)
-    shuffled = [history[i] for i in order]
-    assert find_copy(candidate, shuffled, BASE) == find_copy(candidate, history, BASE)
-    assert find_copy(candidate, history, BASE) == Copy(ReasonCode.COPY_OF, Hotkey("h3"))
 
 
 @pytest.mark.parametrize(
@@ -263,4 +163,4 @@ def test_select_ignores_queue_order(order: list[int], affordable: int) -> None:
 
 def test_submission_is_frozen() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
-        ALICE.digest = digest("z")  # type: ignore[misc]
+        sub("alice", "a", 100).digest = digest("z")  # type: ignore[misc]

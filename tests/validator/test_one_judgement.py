@@ -20,6 +20,7 @@ from cacheon.arena import (
     RoundResult,
     Standings,
     Submission,
+    sigma_bound,
 )
 from cacheon.cli import check_render
 from cacheon.cli.check import judgement
@@ -43,7 +44,7 @@ from cacheon.validator.scoring import Scoring
 from cacheon.validator.state import SubmissionRecord, ValidatorState, Verdict
 
 PARAMS = ArenaParams(0.01, 0.01, 8, 0.02, 4, 0, 0.8)
-SIGMA = PARAMS.sigma_floor  # what both paths use with no noise history and no --sigma
+SIGMA = sigma_bound((), PARAMS)  # what both paths use with no noise history and no --sigma
 BASE = "registry.test/base@sha256:" + "b" * 64
 LEADER = "registry.test/leader@sha256:" + "1" * 64
 MINE = "registry.test/mine@sha256:" + "2" * 64
@@ -88,7 +89,7 @@ CASES = [
     Case("crowned over the leader", (Outcome.PASS, ReasonCode.CROWNED), leader=True,
          speeds={"B": 1.0, "L": 2.0, "C1": 4.0}),
     Case("not faster than the leader", (Outcome.PASS, ReasonCode.NOT_FASTER), leader=True,
-         speeds={"B": 1.0, "L": 2.0, "C1": 1.9}),
+         speeds={"B": 1.0, "L": 2.0, "C1": 1.6}),
     Case("not faster than the baseline", (Outcome.PASS, ReasonCode.NOT_FASTER),
          speeds={"B": 1.0, "C1": 0.9}),
     Case("pending", (Outcome.PASS, ReasonCode.PENDING), leader=True,
@@ -96,7 +97,7 @@ CASES = [
     Case("leader failing", (Outcome.PASS, ReasonCode.PENDING), leader=True,
          results={"L": (Outcome.FAIL, ReasonCode.CRASHED)}),
     Case("behavioural copy of the leader", (Outcome.PASS, ReasonCode.NOT_FASTER), leader=True,
-         speeds={"B": 1.0, "L": 2.0, "C1": 1.9}, copy_of_leader=True),
+         speeds={"B": 1.0, "L": 2.0, "C1": 1.6}, copy_of_leader=True),
     Case("void: baseline failed", (Outcome.NO_DECISION, ReasonCode.BASELINE_UNSTABLE),
          results={"B": (Outcome.FAIL, ReasonCode.CRASHED)}),
     Case("void: drift", (Outcome.NO_DECISION, ReasonCode.DRIFT), drift=1.5),
@@ -210,7 +211,7 @@ def _validator(tmp_path: Path, job: JobSpec, result: RoundResult) -> tuple[objec
 
 def _printed_verdict(judged: Judgement) -> tuple[str, str]:
     console = Console(record=True, width=200)
-    check_render.verdict(console, judged, SIGMA, PARAMS.sigma_floor)
+    check_render.verdict(console, judged, SIGMA, "the prior")
     line = next(x for x in console.export_text().splitlines() if x.startswith("verdict: "))
     found = re.match(r"verdict: (\S+) ?(\S*)", line)
     assert found is not None

@@ -26,6 +26,7 @@ from cacheon.chain.devnet import Devnet, SubnetParams
 from cacheon.chain.registry import ImageManifest
 from cacheon.chain.wallet import Wallet, coldkey_address, dev_wallet, hotkey_address, open_wallet
 from cacheon.config import (
+    ArenaSettings,
     ChainSettings,
     PodSettings,
     S3Settings,
@@ -118,6 +119,8 @@ def make_settings(tmp: Path, devnet: Path, wallets: Path, **web: object) -> Sett
             secret_access_key=SecretStr(S3_SECRET),
         ),
         model=Settings().model.model_copy(update={"baseline_image": BASELINE}),
+        # the noise assumed before any baseline pair: a quiet pod, so +30% crowns in one launch
+        arena=ArenaSettings(sigma_prior=0.02),
         web=WebSettings(**web),  # type: ignore[arg-type]
     )
 
