@@ -39,7 +39,6 @@ from cacheon.remote.bootstrap import (
     install_agent,
     package_snapshot,
 )
-from cacheon.remote.handoff import ReportRejected, fetch_report, issue_round_key
 from cacheon.remote.jobs import (
     Connector,
     JobOutcome,
@@ -54,6 +53,7 @@ from cacheon.remote.ssh import PodGone, SshError, SshOptions, SshSession, SshUnr
 from cacheon.store.db import Database
 from cacheon.store.objects import ObjectStore, ObjectStoreError
 from cacheon.validator.evaluation import round_salt, round_seed
+from cacheon.validator.handoff import ReportRejected, fetch_report, issue_round_key
 from cacheon.validator.state import RoundRecord, RoundState, SubmissionRecord, ValidatorState
 
 log = get_logger("cacheon.validator.rounds")

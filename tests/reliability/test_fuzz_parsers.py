@@ -29,7 +29,7 @@ from cacheon.pods.lium import LiumProvider
 from cacheon.pods.lium import error_text as lium_error_text
 from cacheon.pods.targon import TargonProvider
 from cacheon.pods.targon import error_text as targon_error_text
-from cacheon.remote.handoff import ReportRejected, VerifiedReport, verify_report_bytes
+from cacheon.validator.handoff import ReportRejected, VerifiedReport, verify_report_bytes
 
 MODEL = "Qwen/Qwen2.5-72B-Instruct"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

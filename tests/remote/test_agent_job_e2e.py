@@ -12,13 +12,14 @@ from typing import Any
 
 from cacheon.protocol import JobKind, Phase, ProgressEvent
 from cacheon.remote.bootstrap import AgentInstall
-from cacheon.remote.handoff import VerifiedReport, fetch_report, issue_round_key
 from cacheon.remote.jobs import drive_job
 from cacheon.remote.ssh import SshOptions, connect
 from cacheon.sshtarget import SshTarget
 from cacheon.store.db import Database
 from cacheon.store.objects import ObjectStore
 from cacheon.testing.services import LOOPBACK, SeaweedS3, Sshd
+from cacheon.validator.handoff import VerifiedReport, fetch_report, issue_round_key
+from tests.remote.remote_toys import CutProxy, probe_spec
 
 
 def test_probe_job_survives_a_cut_connection_and_its_report_verifies(
@@ -29,17 +30,15 @@ def test_probe_job_survives_a_cut_connection_and_its_report_verifies(
     installed_agent: AgentInstall,
     store: ObjectStore,
     db: Database,
-    cut_proxy: Any,
-    probe_job: Any,
 ) -> None:
     round_id = f"r-{uuid.uuid4().hex[:8]}"
     key = issue_round_key(db, round_id)
-    spec = probe_job(round_id, store.upload_slots(round_id, traces=2), seconds=4)
+    spec = probe_spec(round_id, store.upload_slots(round_id, traces=2), seconds=4)
     seen: list[ProgressEvent] = []
     leaks: list[str] = []
 
     async def main() -> Any:
-        async with cut_proxy(sshd.port) as proxy:
+        async with CutProxy(sshd.port) as proxy:
             target = SshTarget(LOOPBACK, proxy.port, sshd.user, sshd.host_public_key)
 
             def on_event(event: ProgressEvent) -> None:

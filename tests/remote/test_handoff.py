@@ -28,7 +28,9 @@ from cacheon.protocol import (
     sign_report,
     trace_object,
 )
-from cacheon.remote.handoff import (
+from cacheon.store.db import Database
+from cacheon.store.objects import ObjectStore
+from cacheon.validator.handoff import (
     ReportProblem,
     ReportRejected,
     VerifiedReport,
@@ -37,8 +39,6 @@ from cacheon.remote.handoff import (
     issue_round_key,
     round_key,
 )
-from cacheon.store.db import Database
-from cacheon.store.objects import ObjectStore
 
 
 def _report(round_id: str) -> RoundReport:
