@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cacheon.protocol import Phase, TraceRecord, TraceRef
 from cacheon.testing.toy_server import Speed
 
 MODEL = "Qwen/Qwen2.5-72B-Instruct"
+
+ToyImage = Callable[..., str]
+"""The `toy_image` fixture: (name, knobs, push options) -> the pushed image's digest reference."""
 
 
 def speed(token_ms: float) -> Speed:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from agent_toys import RecordingContext
 
 from cacheon.testing.services import DockerDaemon, Registry
 from cacheon.testing.toy_image import push_toy_image
 from cacheon.testing.toy_server import Knobs
+from tests.agent.agent_toys import RecordingContext, ToyImage
 
 
 @pytest.fixture
@@ -25,9 +24,6 @@ def model_dir(tmp_path: Path) -> Path:
     (path / "tokenizer_config.json").write_text('{"chat_template": "toy"}')
     (path / "generation_config.json").write_text('{"eos_token_id": 0}')  # the toy's EOS
     return path
-
-
-ToyImage = Callable[..., str]
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-from agent_toys import MODEL, free_ports
-from conftest import ToyImage
 
 from cacheon.agent.loadgen import LoadGenerator
 from cacheon.agent.runtime import DockerRuntime, LaunchFault, RunProfile, ServerSpec
@@ -21,6 +19,7 @@ from cacheon.protocol import ReasonCode
 from cacheon.testing.services import DockerDaemon, Registry
 from cacheon.testing.toy_image import PYTHON
 from cacheon.testing.toy_server import Fault, Knobs
+from tests.agent.agent_toys import MODEL, ToyImage, free_ports
 
 PROFILE = RunProfile(
     memory_bytes=256 << 20,

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_toys import MODEL, free_ports
 
 from cacheon.agent import metrics
 from cacheon.agent.loadgen import BlockResult, LoadGenerator
@@ -22,6 +21,7 @@ from cacheon.agent.workload import PromptSource, Purpose
 from cacheon.protocol import ReasonCode, Workload
 from cacheon.testing import toy_server
 from cacheon.testing.toy_server import Fault, Knobs, Speed
+from tests.agent.agent_toys import MODEL, free_ports
 
 IMAGE = "local/toy@sha256:" + "0" * 64
 TIMEOUT_S = 3.0

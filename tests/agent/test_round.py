@@ -13,8 +13,6 @@ from pathlib import Path
 
 import docker
 import pytest
-from agent_toys import MODEL, RecordingContext, speed
-from conftest import ToyImage
 
 from cacheon.agent.round import RoundRunner
 from cacheon.agent.runtime import DockerRuntime, RunProfile, ServerSpec
@@ -22,6 +20,7 @@ from cacheon.arena.measure import measure_round
 from cacheon.protocol import Contestant, Digest, JobSpec, Outcome, Phase, ReasonCode, Role, Workload
 from cacheon.testing.services import DockerDaemon
 from cacheon.testing.toy_server import Fault, Knobs
+from tests.agent.agent_toys import MODEL, RecordingContext, ToyImage, speed
 
 WORKLOAD = Workload(
     concurrencies=(1, 4),

@@ -2,46 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import bittensor as bt
 import pytest
 
 from cacheon.chain.devnet import Devnet, SubnetParams
-from cacheon.chain.weights import hotkey_address
-from cacheon.config import ChainSettings
-
-NETUID = 14
-
-
-@dataclass(frozen=True)
-class Keys:
-    wallet: bt.Wallet
-    name: str
-    path: Path
-
-    @property
-    def hotkey(self) -> str:
-        return hotkey_address(self.wallet)
-
-    @property
-    def coldkey(self) -> str:
-        return str(self.wallet.coldkeypub.ss58_address)
-
-    def flags(self) -> list[str]:
-        return [
-            "--wallet.name",
-            self.name,
-            "--wallet.hotkey",
-            "hk",
-            "--wallet.path",
-            str(self.path),
-        ]
+from tests.chain.chain_toys import NETUID, Chain, Keys
 
 
 @pytest.fixture
-def make_keys(tmp_path: Path):
+def make_keys(tmp_path: Path) -> Callable[[str, int], Keys]:
     """A wallet with deterministic, unencrypted keys (seeded so tests never wait on entropy)."""
     path = tmp_path / "wallets"
 
@@ -58,26 +30,8 @@ def make_keys(tmp_path: Path):
     return make
 
 
-@dataclass(frozen=True)
-class Chain:
-    devnet: Devnet
-    owner: Keys
-    validator: Keys
-    miner: Keys
-
-    @property
-    def network(self) -> str:
-        return f"sim://{self.devnet.path}"
-
-    def settings(self, **overrides: object) -> ChainSettings:
-        return ChainSettings(network=self.network, netuid=NETUID, call_timeout_s=10, **overrides)
-
-    def flags(self) -> list[str]:
-        return ["--subtensor.network", self.network, "--netuid", str(NETUID)]
-
-
 @pytest.fixture
-def chain(tmp_path: Path, make_keys) -> Chain:
+def chain(tmp_path: Path, make_keys: Callable[[str, int], Keys]) -> Chain:
     """Block time 0 (blocks move only on demand); owner uid 0, validator uid 1, miner uid 2."""
     owner, validator, miner = make_keys("owner", 1), make_keys("val", 2), make_keys("miner", 3)
     devnet = Devnet.create(tmp_path / "chain.db", block_time_s=0)

@@ -7,12 +7,12 @@ import socket
 import time
 
 import pytest
-from conftest import NETUID, Chain
 
 from cacheon.chain.client import ChainClient
 from cacheon.chain.commitments import ImageRef, commitment_fields, parse_reference
 from cacheon.chain.errors import ChainUnavailable, NotRegistered, QuotaExceeded
 from cacheon.config import ChainSettings
+from tests.chain.chain_toys import NETUID, Chain
 
 IMAGE = parse_reference("docker.io/miner/server@sha256:" + "cd" * 32)
 assert isinstance(IMAGE, ImageRef)

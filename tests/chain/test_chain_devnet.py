@@ -6,9 +6,9 @@ import asyncio
 
 import bittensor as bt
 import pytest
-from conftest import NETUID, Chain
 
 from cacheon.chain.devnet_substrate import DevnetSubstrate
+from tests.chain.chain_toys import NETUID, Chain
 
 DATA = b"cacheon/1 docker.io/miner/server@sha256:" + b"ab" * 32
 

@@ -3,43 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import NETUID, Chain
 
 from cacheon.chain.client import ChainClient
 from cacheon.chain.commitments import ImageRef, parse_commitment
 from cacheon.cli.validator import main as validator_main
+from cacheon.testing.miner_cli import run_miner
+from tests.chain.chain_toys import NETUID, Chain, assert_one_line_error
 
 IMAGE = "docker.io/miner/server@sha256:" + "12" * 32
 
 
-def _miner(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cacheon.cli.miner", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "COLUMNS": "200"},
-        check=False,
-    )
-
-
-def _one_line_error(proc: subprocess.CompletedProcess[str], says: str) -> None:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ")
-    assert says in lines[0]
-
-
 def test_commit_in_one_process_read_in_another(chain: Chain) -> None:
-    proc = _miner("commit", IMAGE, "--yes", *chain.flags(), *chain.miner.flags())
+    proc = run_miner("commit", IMAGE, "--yes", *chain.flags(), *chain.miner.flags())
     assert proc.returncode == 0, proc.stderr
     assert "committed in block" in proc.stdout
 
@@ -53,7 +31,7 @@ def test_commit_in_one_process_read_in_another(chain: Chain) -> None:
         assert parsed.canonical == IMAGE
 
     asyncio.run(read())
-    status = _miner("status", *chain.flags(), *chain.miner.flags())
+    status = run_miner("status", *chain.flags(), *chain.miner.flags())
     assert status.returncode == 0, status.stderr
     assert IMAGE in status.stdout
     assert "earliest" in status.stdout
@@ -61,38 +39,39 @@ def test_commit_in_one_process_read_in_another(chain: Chain) -> None:
 
 def test_unregistered_hotkey(chain: Chain, make_keys) -> None:
     stranger = make_keys("stranger", 21)
-    _one_line_error(
-        _miner("commit", IMAGE, "--yes", *chain.flags(), *stranger.flags()), "not registered"
+    assert_one_line_error(
+        run_miner("commit", IMAGE, "--yes", *chain.flags(), *stranger.flags()), "not registered"
     )
 
 
 def test_quota_exceeded(chain: Chain) -> None:
     chain.devnet.set_hyperparameter(NETUID, "max_space", 150)
     args = ("commit", IMAGE, "--yes", *chain.flags(), *chain.miner.flags())
-    assert _miner(*args).returncode == 0
-    _one_line_error(_miner(*args), "quota")
+    assert run_miner(*args).returncode == 0
+    assert_one_line_error(run_miner(*args), "quota")
 
 
 def test_malformed_reference(chain: Chain) -> None:
-    proc = _miner("commit", "docker.io/miner/server:latest", "--yes", *chain.flags())
-    _one_line_error(proc, "malformed reference")
+    proc = run_miner("commit", "docker.io/miner/server:latest", "--yes", *chain.flags())
+    assert_one_line_error(proc, "malformed reference")
     assert proc.returncode == 2
 
 
 def test_chain_unreachable(chain: Chain) -> None:
-    proc = _miner(
+    proc = run_miner(
         "commit", IMAGE, "--yes", "--subtensor.network", "ws://127.0.0.1:9", *chain.miner.flags()
     )
-    _one_line_error(proc, "cannot reach the chain")
+    assert_one_line_error(proc, "cannot reach the chain")
 
 
 def test_copy_is_reported_by_status(chain: Chain) -> None:
     assert (
-        _miner("commit", IMAGE, "--yes", *chain.flags(), *chain.validator.flags()).returncode == 0
+        run_miner("commit", IMAGE, "--yes", *chain.flags(), *chain.validator.flags()).returncode
+        == 0
     )
     chain.devnet.advance(1)
-    assert _miner("commit", IMAGE, "--yes", *chain.flags(), *chain.miner.flags()).returncode == 0
-    status = _miner("status", *chain.flags(), *chain.miner.flags())
+    assert run_miner("commit", IMAGE, "--yes", *chain.flags(), *chain.miner.flags()).returncode == 0
+    status = run_miner("status", *chain.flags(), *chain.miner.flags())
     assert "first seen by another hotkey" in status.stdout
 
 

@@ -8,13 +8,13 @@ import json
 
 import httpx
 import pytest
-from conftest import Chain
-from test_chain_miner_cli import _miner, _one_line_error
 
 from cacheon.chain.commitments import ImageRef, parse_reference
 from cacheon.chain.registry import RegistryProblem, fetch_manifest, registry_base_url
 from cacheon.protocol import Digest, ReasonCode
+from cacheon.testing.miner_cli import run_miner
 from cacheon.testing.services import push_test_image
+from tests.chain.chain_toys import Chain, assert_one_line_error
 
 CONFIG = json.dumps({"os": "linux", "architecture": "amd64", "rootfs": {"diff_ids": ["sha256:d1"]}})
 CONFIG_DIGEST = "sha256:" + hashlib.sha256(CONFIG.encode()).hexdigest()
@@ -120,8 +120,8 @@ def test_real_registry(docker_daemon, registry) -> None:
 def test_miner_check_registry(chain: Chain, docker_daemon, registry) -> None:
     reference = push_test_image(docker_daemon, registry, "cacheon/chain-cli")
     args = ("--yes", "--check-registry", *chain.flags(), *chain.miner.flags())
-    ok = _miner("commit", reference, *args)
+    ok = run_miner("commit", reference, *args)
     assert ok.returncode == 0, ok.stderr
     assert "linux/amd64" in ok.stdout
     missing = reference.rsplit("@", 1)[0] + "@sha256:" + "0" * 64
-    _one_line_error(_miner("commit", missing, *args), "no manifest")
+    assert_one_line_error(run_miner("commit", missing, *args), "no manifest")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import NETUID, Chain
 
 from cacheon.chain.client import ChainClient, ChainState, Hyperparameters, Neuron
 from cacheon.chain.weights import (
@@ -16,6 +15,7 @@ from cacheon.chain.weights import (
     set_weights,
 )
 from cacheon.protocol import Block, Hotkey, Uid
+from tests.chain.chain_toys import NETUID, Chain
 
 
 def _state(

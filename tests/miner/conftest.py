@@ -1,4 +1,4 @@
-"""Fixtures for the miner's tools: a local subnet with three toy miners, and the CLI in a process."""
+"""Fixtures for the miner's tools: a local subnet with three toy miners, and the toy model's files."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from cacheon.testing.fake_pods import LoopThread
-from cacheon.testing.local_arena import TOY_MINERS, LocalArena, Services
+from cacheon.testing.local_arena import MODEL_FILES, TOY_MINERS, LocalArena, Services
 from cacheon.testing.services import DockerDaemon, Registry, SeaweedS3, Sshd
 
 CHECKED = ("fast", "slow", "cheat")
+"""The toy miners the arena registers: one of each kind of verdict `check` must match."""
 
 
 @pytest.fixture
@@ -34,3 +35,13 @@ def arena(
             local.close()
     finally:
         loop.stop()
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    """The toy model's files, as the pod has them and a miner would."""
+    path = tmp_path / "model"
+    path.mkdir()
+    for name, data in MODEL_FILES.items():
+        (path / name).write_bytes(data)
+    return path

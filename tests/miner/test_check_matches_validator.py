@@ -15,12 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import CHECKED
-from miner_cli import miner, model_dir, verdict_of
-
 from cacheon.protocol import Outcome, ReasonCode
 from cacheon.store.db import Database
 from cacheon.testing.local_arena import LocalArena
+from cacheon.testing.miner_cli import run_miner, verdict_of
 from cacheon.validator.assemble import build_parts, state_path
 from cacheon.validator.daemon import Daemon
 from cacheon.validator.reasons import meaning
@@ -76,8 +74,11 @@ def _serving(body: bytes) -> Iterator[str]:
         thread.join()
 
 
-def test_check_prints_the_validators_verdicts(arena: LocalArena, tmp_path: Path) -> None:
-    arena.commit(*CHECKED)
+def test_check_prints_the_validators_verdicts(
+    arena: LocalArena, model_dir: Path, tmp_path: Path
+) -> None:
+    checked = [m.name for m in arena.miners]
+    arena.commit(*checked)
     validator, seed = _validator_round(arena)
     assert validator == {
         "fast": ("PASS", "crowned"),
@@ -85,13 +86,12 @@ def test_check_prints_the_validators_verdicts(arena: LocalArena, tmp_path: Path)
         "cheat": ("FAIL", "conformance"),
     }
     config = arena.write_config(tmp_path / "config.toml")
-    model = model_dir(tmp_path)
     docker = {"DOCKER_HOST": arena.services.docker.host}
     printed = {}
-    for name in CHECKED:
-        proc = miner(
+    for name in checked:
+        proc = run_miner(
             "check", arena.images[name], "--seed", seed, "--config", str(config),
-            "--model-path", str(model), "--out", str(tmp_path / f"check-{name}"), env=docker,
+            "--model-path", str(model_dir), "--out", str(tmp_path / f"check-{name}"), env=docker,
         )  # fmt: skip
         assert "Traceback" not in proc.stderr, proc.stderr
         assert verdict_of(proc.stdout) == validator[name], proc.stdout + proc.stderr
@@ -113,7 +113,7 @@ def test_check_prints_the_validators_verdicts(arena: LocalArena, tmp_path: Path)
     )
     with _serving(body) as url:
         fast = arena.participants["fast"].wallet
-        status = miner(
+        status = run_miner(
             "status", "--report-url", url, "--config", str(config),
             "--wallet.name", fast.name, "--wallet.hotkey", "hk",
             "--wallet.path", str(arena.root / "wallets"),

@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from miner_cli import miner, model_dir, verdict_of
-
 from cacheon.testing.local_arena import BASELINE_KNOBS, MODEL
+from cacheon.testing.miner_cli import run_miner, verdict_of
 from cacheon.testing.services import DockerDaemon, Registry
 from cacheon.testing.toy_image import push_toy_image
 from cacheon.testing.toy_server import Knobs, Speed
@@ -98,13 +97,13 @@ def _config(tmp_path: Path, baseline: str) -> Path:
 
 
 def test_example_image_builds_and_passes_the_check(
-    docker_daemon: DockerDaemon, registry: Registry, tmp_path: Path
+    docker_daemon: DockerDaemon, registry: Registry, model_dir: Path, tmp_path: Path
 ) -> None:
     image = _build_example(docker_daemon, registry)
     baseline = push_toy_image(docker_daemon, registry, "stand-in/baseline", BASELINE_KNOBS)
-    proc = miner(
+    proc = run_miner(
         "check", image, "--config", str(_config(tmp_path, baseline)),
-        "--model-path", str(model_dir(tmp_path)), "--seed", "e8", "--out", str(tmp_path / "out"),
+        "--model-path", str(model_dir), "--seed", "e8", "--out", str(tmp_path / "out"),
         env={"DOCKER_HOST": docker_daemon.host},
     )  # fmt: skip
     logs = "".join(p.read_text() for p in (tmp_path / "out" / "logs").glob("*.log"))
@@ -143,7 +142,7 @@ def _toy_server(tmp_path: Path, knobs: Knobs) -> Iterator[str]:
 
 
 def test_check_server_measures_a_running_server(
-    docker_daemon: DockerDaemon, registry: Registry, tmp_path: Path
+    docker_daemon: DockerDaemon, registry: Registry, model_dir: Path, tmp_path: Path
 ) -> None:
     baseline = push_toy_image(docker_daemon, registry, "stand-in/baseline", BASELINE_KNOBS)
     second = Knobs(speed=Speed(ttft_s=0.056, token_s=0.028))
@@ -152,10 +151,10 @@ def test_check_server_measures_a_running_server(
         extra_files={"/etc/cacheon-toy.json": second.to_json().encode()},
     )  # fmt: skip
     with _toy_server(tmp_path, FAST) as url:
-        proc = miner(
+        proc = run_miner(
             "check", "--server", url, "--leader", leader,
             "--config", str(_config(tmp_path, baseline)),
-            "--model-path", str(model_dir(tmp_path)), "--out", str(tmp_path / "out"),
+            "--model-path", str(model_dir), "--out", str(tmp_path / "out"),
             env={"DOCKER_HOST": docker_daemon.host},
         )  # fmt: skip
     assert verdict_of(proc.stdout) == ("PASS", "crowned"), proc.stdout + proc.stderr
@@ -167,18 +166,18 @@ def test_check_server_measures_a_running_server(
 
 
 def test_check_refuses_neither_image_nor_server(tmp_path: Path) -> None:
-    proc = miner("check", "--model-path", str(tmp_path))
+    proc = run_miner("check", "--model-path", str(tmp_path))
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: give exactly one of IMAGE or --server URL"
 
 
 def test_the_prescreen_fails_an_unmodified_baseline_before_any_launch(
-    docker_daemon: DockerDaemon, registry: Registry, tmp_path: Path
+    docker_daemon: DockerDaemon, registry: Registry, model_dir: Path, tmp_path: Path
 ) -> None:
     baseline = push_toy_image(docker_daemon, registry, "stand-in/baseline", BASELINE_KNOBS)
-    proc = miner(
+    proc = run_miner(
         "check", baseline, "--config", str(_config(tmp_path, baseline)),
-        "--model-path", str(model_dir(tmp_path)), "--out", str(tmp_path / "out"),
+        "--model-path", str(model_dir), "--out", str(tmp_path / "out"),
         env={"DOCKER_HOST": "unix:///nonexistent.sock"},  # nothing may be launched
     )  # fmt: skip
     assert verdict_of(proc.stdout) == ("FAIL", "copy_of_reference"), proc.stdout + proc.stderr

@@ -12,13 +12,13 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from cacheon.protocol import JobStatus, UploadSlot
 from cacheon.remote.bootstrap import AgentInstall
 from cacheon.remote.jobs import drive_job
 from cacheon.remote.ssh import SshOptions, connect
 from cacheon.sshtarget import SshTarget
+from tests.remote.remote_toys import probe_spec
 
 AGENT = [sys.executable, "-m", "cacheon.cli.agent"]
 
@@ -29,9 +29,9 @@ def _agent(args: list[str], stdin: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _job(tmp_path: Path, probe_job: Any, slots: tuple[UploadSlot, ...] = ()) -> Path:
+def _job(tmp_path: Path, slots: tuple[UploadSlot, ...] = ()) -> Path:
     job = tmp_path / "job.json"
-    job.write_text(probe_job("r-local", slots, seconds=0).model_dump_json())
+    job.write_text(probe_spec("r-local", slots, seconds=0).model_dump_json())
     return job
 
 
@@ -44,8 +44,8 @@ def _wait_status(job_dir: Path) -> JobStatus:
     raise AssertionError(f"no status.json; log: {(job_dir / 'agent.log').read_text()}")
 
 
-def test_the_key_must_come_on_stdin(tmp_path: Path, probe_job: Any) -> None:
-    job = _job(tmp_path, probe_job)
+def test_the_key_must_come_on_stdin(tmp_path: Path) -> None:
+    job = _job(tmp_path)
     for stdin, message in (("", "got 0"), ("zz\n", "not hex"), ("ab\n", "must be 32 bytes")):
         result = _agent(["run", "--job", str(job)], stdin)
         assert result.returncode == 2
@@ -53,10 +53,8 @@ def test_the_key_must_come_on_stdin(tmp_path: Path, probe_job: Any) -> None:
     assert not (tmp_path / "pid").exists()
 
 
-def test_a_job_without_a_report_slot_ends_with_a_readable_failure(
-    tmp_path: Path, probe_job: Any
-) -> None:
-    job = _job(tmp_path, probe_job)
+def test_a_job_without_a_report_slot_ends_with_a_readable_failure(tmp_path: Path) -> None:
+    job = _job(tmp_path)
     result = _agent(["run", "--job", str(job)], "11" * 32 + "\n")
     assert result.returncode == 0, result.stderr
     pid = json.loads(result.stdout)["pid"]
@@ -69,9 +67,9 @@ def test_a_job_without_a_report_slot_ends_with_a_readable_failure(
     assert "a job runs once" in again.stderr
 
 
-def test_refresh_urls_accepts_only_the_jobs_slots(tmp_path: Path, probe_job: Any) -> None:
+def test_refresh_urls_accepts_only_the_jobs_slots(tmp_path: Path) -> None:
     slot = UploadSlot(name="report.json", url="http://127.0.0.1:9/x", expires_at=time.time() + 60)
-    job = _job(tmp_path, probe_job, (slot,))
+    job = _job(tmp_path, (slot,))
     fresh = slot.model_copy(update={"url": "http://127.0.0.1:9/y"})
     ok = _agent(["refresh_urls", "--job", str(job)], f"[{fresh.model_dump_json()}]")
     assert ok.returncode == 0, ok.stderr
@@ -83,10 +81,10 @@ def test_refresh_urls_accepts_only_the_jobs_slots(tmp_path: Path, probe_job: Any
 
 
 def test_a_killed_agent_is_reported_with_its_log(
-    ssh_target: SshTarget, ssh_options: SshOptions, installed_agent: AgentInstall, probe_job: Any
+    ssh_target: SshTarget, ssh_options: SshOptions, installed_agent: AgentInstall
 ) -> None:
     round_id = f"r-{uuid.uuid4().hex[:8]}"
-    spec = probe_job(round_id, (), seconds=30)
+    spec = probe_spec(round_id, (), seconds=30)
 
     def on_event(_event: object) -> None:
         pid = Path(installed_agent.agent_root, "jobs", round_id, "pid").read_text()

@@ -11,7 +11,6 @@ import tarfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,6 +19,7 @@ from cacheon.remote import bootstrap
 from cacheon.remote.bootstrap import BootstrapError, build_self_wheel, install_agent
 from cacheon.remote.ssh import SshOptions, connect
 from cacheon.sshtarget import SshTarget
+from tests.remote.remote_toys import HubServer
 
 
 def test_install_checks_the_version_and_reuses_the_venv(
@@ -79,7 +79,6 @@ def test_a_pod_without_a_recent_python_fetches_a_standalone_one(
     ssh_options: SshOptions,
     agent_root: Path,
     monkeypatch: pytest.MonkeyPatch,
-    hub_server: Any,
 ) -> None:
     # a stand-in "standalone build": python/bin/python3 pointing at the pod's own interpreter
     buffer = io.BytesIO()
@@ -97,7 +96,7 @@ def test_a_pod_without_a_recent_python_fetches_a_standalone_one(
                 session, str(agent_root), f"{hub.url}/py/resolve/1/python.tar.gz", sha256
             )
 
-    with hub_server("py", "1", {"python.tar.gz": archive}) as hub:
+    with HubServer("py", "1", {"python.tar.gz": archive}) as hub:
         with pytest.raises(BootstrapError, match=r"no Python >= 3\.11"):
             asyncio.run(_no_url(ssh_target, ssh_options, agent_root))
         with pytest.raises(BootstrapError, match="fetching a standalone Python failed"):

@@ -9,7 +9,6 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,9 +20,7 @@ from cacheon.remote.readiness import PodNotReady, PodRequirements, check_pod, pr
 from cacheon.remote.ssh import SshOptions, connect
 from cacheon.sshtarget import SshTarget
 from cacheon.store.objects import ObjectStore
-
-if TYPE_CHECKING:
-    from conftest import HubServer
+from tests.remote.remote_toys import HubServer
 
 TINY_MODEL = {
     "config.json": b'{"model_type": "qwen2", "hidden_size": 8}',
@@ -46,8 +43,8 @@ def _manifest(tmp_path: Path, files: dict[str, bytes], wrong: str | None = None)
 
 
 @pytest.fixture
-def hub(hub_server: type[HubServer]) -> Iterator[HubServer]:
-    with hub_server("tiny/model", "abc123", TINY_MODEL) as server:
+def hub() -> Iterator[HubServer]:
+    with HubServer("tiny/model", "abc123", TINY_MODEL) as server:
         yield server
 
 

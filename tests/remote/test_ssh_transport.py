@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,6 +19,7 @@ from cacheon.remote.ssh import (
 )
 from cacheon.sshtarget import SshTarget
 from cacheon.testing.services import Sshd
+from tests.remote.remote_toys import CutProxy
 
 
 def test_commands_run_with_pinned_key_and_deadlines(
@@ -99,11 +99,9 @@ def test_upload_and_atomic_write(
     assert not (agent_root / "secret.json.tmp").exists()
 
 
-def test_a_cut_connection_raises_disconnected(
-    sshd: Sshd, ssh_options: SshOptions, cut_proxy: Any
-) -> None:
+def test_a_cut_connection_raises_disconnected(sshd: Sshd, ssh_options: SshOptions) -> None:
     async def main() -> None:
-        async with cut_proxy(sshd.port) as proxy:
+        async with CutProxy(sshd.port) as proxy:
             target = SshTarget("127.0.0.1", proxy.port, sshd.user, sshd.host_public_key)
             session = await connect(target, ssh_options)
             got = []

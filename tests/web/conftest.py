@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from web_season import Season, build_season
+
+from tests.web.web_season import Season, build_season
 
 
 @pytest.fixture

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from chromium import Node, dump_dom, parse, screenshot
-from web_season import Season, running
 
 from cacheon.protocol import Outcome, PublicReport, PublishedVerdict, ReasonCode
 from cacheon.validator.leaderboard import render_leaderboard
 from cacheon.validator.reasons import MEANINGS, meaning
+from tests.web.chromium import Node, dump_dom, parse, screenshot
+from tests.web.web_season import Season, running
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 TIMES, DASH = "\u00d7", "\u2013"

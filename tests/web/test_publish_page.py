@@ -7,13 +7,13 @@ import uuid
 from pathlib import Path
 
 from pydantic import SecretStr
-from web_season import build_season
 
 from cacheon.config import S3Settings
 from cacheon.protocol import PublicReport
 from cacheon.store.objects import ObjectStore
 from cacheon.testing.services import SeaweedS3
 from cacheon.validator.leaderboard import PAGE_CONTENT_TYPE
+from tests.web.web_season import build_season
 
 
 def test_the_page_is_published_beside_the_report(s3: SeaweedS3, tmp_path: Path) -> None:

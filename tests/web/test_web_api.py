@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from web_season import S3_SECRET, SECRET, Season, running, serving
 
 from cacheon.validator.rounds import plan_round
+from tests.web.web_season import S3_SECRET, SECRET, Season, running, serving
 
 
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Any]:

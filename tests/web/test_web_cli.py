@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from web_season import NETUID, Season, running
+from tests.web.web_season import NETUID, Season, running
 
 
 async def cli(*args: str) -> tuple[int, str, str]:

@@ -10,10 +10,10 @@ from typing import Any
 
 import aiohttp
 from structlog.testing import capture_logs
-from web_season import Season, build_daemon, make_settings, running, serving
 
 from cacheon.validator.health import LOOP_GRACE_S
 from cacheon.validator.rounds import plan_round
+from tests.web.web_season import Season, build_daemon, make_settings, running, serving
 
 
 async def healthz(url: str) -> tuple[int, dict[str, Any]]:

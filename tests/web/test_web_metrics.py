@@ -12,10 +12,10 @@ import aiohttp
 import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from web_season import Season, running, serving
 
 from cacheon.pods.base import Offer
 from cacheon.sshtarget import SshTarget
+from tests.web.web_season import Season, running, serving
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
