@@ -186,6 +186,38 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        6,
+        "evaluation_versions",
+        # Evidence, noise pairs and charges are kept per evaluation version (DESIGN.md §4.5): a
+        # decision reached under other rules or another baseline is another decision. Evidence
+        # from before this migration belongs to no version, which restarts pending challengers.
+        """
+        CREATE TABLE evidence_by_version (
+            digest             TEXT NOT NULL,
+            kind               TEXT NOT NULL,
+            evaluation_version TEXT NOT NULL,
+            against            TEXT NOT NULL,
+            launches           INTEGER NOT NULL,
+            total              REAL NOT NULL,
+            variance_units     REAL NOT NULL,
+            squares            REAL NOT NULL DEFAULT 0,
+            call               TEXT,
+            PRIMARY KEY (digest, kind, evaluation_version)
+        );
+        INSERT INTO evidence_by_version(digest, kind, evaluation_version, against, launches,
+            total, variance_units, call)
+            SELECT digest, kind, '', against, launches, total, variance_units, call FROM evidence;
+        DROP TABLE evidence;
+        ALTER TABLE evidence_by_version RENAME TO evidence;
+        ALTER TABLE noise_pairs ADD COLUMN evaluation_version TEXT NOT NULL DEFAULT '';
+        ALTER TABLE verdicts ADD COLUMN checks TEXT NOT NULL DEFAULT '';
+        CREATE TABLE fingerprints (
+            digest      TEXT PRIMARY KEY,
+            fingerprint TEXT NOT NULL
+        );
+        """,
+    ),
 )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sqlite3
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from cacheon.arena import (
     select_challengers,
 )
 from cacheon.chain.client import ChainClient, ChainState
+from cacheon.chain.errors import ChainFailure
 from cacheon.chain.wallet import Wallet, hotkey_address
 from cacheon.config import Settings
 from cacheon.log import get_logger
@@ -89,7 +91,6 @@ class Daemon:
     def __init__(self, settings: Settings, parts: Parts) -> None:
         self.settings = settings
         self.parts = parts
-        self.state = ValidatorState(parts.db)
         self.params: ArenaParams = arena_params(settings.arena)
         w = settings.workload
         self.workload = Workload(
@@ -102,13 +103,14 @@ class Daemon:
         )
         self.gate = GateThresholds()
         self.version = evaluation_version(settings, self.workload, self.gate)
+        self.state = ValidatorState(parts.db, evaluation_version=self.version)
         self.baseline = Digest(settings.model.baseline_image.rpartition("@")[2])
         poller_args = {} if parts.fetch_manifest is None else {"fetch": parts.fetch_manifest}
         self.poller = Poller(parts.chain, self.state, settings, self.version, **poller_args)
         self.runner = RoundRunner(
             settings, db=parts.db, state=self.state, leases=parts.leases, store=parts.store
         )
-        self.scoring = Scoring(self.state, self.params, self.version, self.baseline)
+        self.scoring = Scoring(self.state, self.params, self.baseline)
         self.weights = WeightsStep(
             parts.chain,
             parts.wallet,
@@ -138,7 +140,7 @@ class Daemon:
             await self.web.start()
             sweep = await self.parts.leases.start()
             log.info("startup sweep", report=str(sweep))
-            await self.recover()
+            await self._step("recover", self.recover())
             await restore_standings(
                 self.state,
                 self.parts.store,
@@ -186,19 +188,31 @@ class Daemon:
             self.stopping.set()
 
     async def recover(self) -> None:
-        """Resume or resolve rounds a previous process left behind, before any new work."""
+        """Resume or resolve rounds a previous process left behind, before any new work.
+
+        A write or the chain failing is retried on the next pass (the round stays unfinished);
+        anything else that breaks one round's conclusion (persisted data the code cannot take)
+        ends that round as NO_DECISION with the reason, so one bad round never wedges the loop.
+        """
         for record in self.state.unfinished_rounds():
-            if record.state is RoundState.PLANNED:
-                job = JobSpec.model_validate_json(record.job)
-                failed = RoundResult(
-                    record.round_id, None, ReasonCode.ROUND_ABANDONED, "never started"
-                )
-                await self._conclude(job, failed, await self.parts.chain.read_state())
-                continue
-            log.info("resuming round", round_id=record.round_id, pod=record.pod)
-            result = await self.runner.resume(record)
-            chain = await self.parts.chain.read_state()
-            await self._conclude(JobSpec.model_validate_json(record.job), result, chain)
+            try:
+                await self._recover(record)
+            except (asyncio.CancelledError, ChainStalled, ChainFailure, sqlite3.Error, OSError):
+                raise
+            except Exception as exc:  # the loop must outlive any one round's data
+                detail = f"could not be concluded: {type(exc).__name__}: {exc}"
+                log.exception("round voided in recovery", round_id=record.round_id, reason=detail)
+                self.state.void_round(record.round_id, ReasonCode.AGENT_FAILED, detail, ())
+
+    async def _recover(self, record: RoundRecord) -> None:
+        job = JobSpec.model_validate_json(record.job)
+        if record.state is RoundState.PLANNED:
+            failed = RoundResult(record.round_id, None, ReasonCode.ROUND_ABANDONED, "never started")
+            await self._conclude(job, failed, await self.parts.chain.read_state())
+            return
+        log.info("resuming round", round_id=record.round_id, pod=record.pod)
+        result = await self.runner.resume(record)
+        await self._conclude(job, result, await self.parts.chain.read_state())
 
     # --- one pass of the loop --------------------------------------------------------------
 

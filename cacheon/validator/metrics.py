@@ -37,14 +37,11 @@ class Snapshot:
 
     @classmethod
     async def take(cls, daemon: DaemonView) -> Snapshot:
-        db = daemon.state.db
-        rounds = {str(r["state"]): int(r["n"]) for r in db.query(
-            "SELECT state, COUNT(*) AS n FROM rounds GROUP BY state")}  # fmt: skip
+        state = daemon.state
+        rounds = {str(kind): n for kind, n in state.round_counts().items()}
         verdicts = {
-            (str(r["outcome"]), str(r["reason"] or "")): int(r["n"])
-            for r in db.query(
-                "SELECT outcome, reason, COUNT(*) AS n FROM verdicts GROUP BY outcome, reason"
-            )
+            (str(outcome), str(reason or "")): n
+            for (outcome, reason), n in state.verdict_counts().items()
         }
         return cls(await check(daemon), status(daemon), rounds, verdicts)
 

@@ -34,8 +34,8 @@ from cacheon.validator.state import EvidenceKind, EvidenceRow, ScoredRound, Vali
 @dataclass(frozen=True)
 class Scoring:
     state: ValidatorState
+    """Its evaluation version is the one every verdict and row of the round is keyed by."""
     params: ArenaParams
-    version: str
     baseline: Digest
 
     def score(
@@ -99,7 +99,7 @@ class Scoring:
             j.reason,
             j.detail,
             round_id,
-            self.version,
+            self.state.version,
             j.attribution,
             j.charged,
         )

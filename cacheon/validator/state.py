@@ -18,7 +18,16 @@ from enum import StrEnum
 
 from cacheon.arena import Change, Evidence, Holder, Judged, Standings, Submission
 from cacheon.chain import commitments, firstseen
-from cacheon.protocol import Attribution, Block, Digest, Hotkey, Outcome, ReasonCode, Uid
+from cacheon.protocol import (
+    Attribution,
+    Block,
+    Digest,
+    FileFingerprint,
+    Hotkey,
+    Outcome,
+    ReasonCode,
+    Uid,
+)
 from cacheon.store.db import Database
 
 
@@ -54,6 +63,8 @@ class Verdict:
     attribution: Attribution | None = None
     charged: bool = False
     created_at: float = 0.0
+    checks: tuple[str, ...] = ()
+    """The copy checks this verdict passed (`layers`, `files`, `behaviour`): what was known."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +98,19 @@ class WeightsRecord:
 
 
 class ValidatorState:
-    """Typed reads and writes of the validator's tables; one instance per daemon."""
+    """Typed reads and writes of the validator's tables; one instance per daemon.
 
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+    Evidence, the launch-noise history and charges belong to one evaluation version
+    (DESIGN.md §4.5): this instance reads and writes those of `evaluation_version`, so an
+    upgrade that changes the rules starts them afresh instead of mixing two rule sets.
+    """
+
+    def __init__(
+        self, db: Database, clock: Callable[[], float] = time.time, *, evaluation_version: str = ""
+    ) -> None:
         self.db = db
         self._now = clock
+        self.version = evaluation_version
 
     # --- submissions -----------------------------------------------------------------------
 
@@ -205,33 +224,62 @@ class ValidatorState:
     def charges(self, hotkey: Hotkey, digest: Digest) -> int:
         """Contestant-attributed NO_DECISIONs so far (the limit of 3 ends in unevaluable)."""
         rows = self.db.query(
-            "SELECT COUNT(*) FROM verdicts WHERE hotkey = ? AND digest = ? AND charged = 1",
-            (hotkey, digest),
+            "SELECT COUNT(*) FROM verdicts WHERE hotkey = ? AND digest = ? AND charged = 1"
+            " AND evaluation_version = ?",
+            (hotkey, digest, self.version),
         )
         return int(rows[0][0])
+
+    def round_verdicts(self, round_id: str) -> list[Verdict]:
+        rows = self.db.query("SELECT * FROM verdicts WHERE round_id = ? ORDER BY id", (round_id,))
+        return [_verdict(row) for row in rows]
+
+    def verdict_counts(self) -> dict[tuple[Outcome, ReasonCode | None], int]:
+        rows = self.db.query(
+            "SELECT outcome, reason, COUNT(*) AS n FROM verdicts GROUP BY outcome, reason"
+        )
+        return {
+            (Outcome(r["outcome"]), None if r["reason"] is None else ReasonCode(r["reason"])): int(
+                r["n"]
+            )
+            for r in rows
+        }
 
     # --- evidence and noise ----------------------------------------------------------------
 
     def evidence(self, digest: Digest, kind: EvidenceKind) -> Evidence | None:
         rows = self.db.query(
-            "SELECT * FROM evidence WHERE digest = ? AND kind = ?", (digest, kind.value)
+            "SELECT * FROM evidence WHERE digest = ? AND kind = ? AND evaluation_version = ?",
+            (digest, kind.value, self.version),
         )
         if not rows:
             return None
         row = rows[0]
         return Evidence(
-            Digest(row["against"]), row["launches"], row["total"], row["variance_units"]
+            Digest(row["against"]),
+            row["launches"],
+            row["total"],
+            row["variance_units"],
+            row["squares"],
         )
 
     def evidence_call(self, digest: Digest) -> str | None:
         rows = self.db.query(
-            "SELECT call FROM evidence WHERE digest = ? AND kind = ?",
-            (digest, EvidenceKind.TEST.value),
+            "SELECT call FROM evidence WHERE digest = ? AND kind = ? AND evaluation_version = ?",
+            (digest, EvidenceKind.TEST.value, self.version),
         )
         return rows[0]["call"] if rows else None
 
     def noise_pairs(self) -> list[float]:
-        return [float(row["value"]) for row in self.db.query("SELECT value FROM noise_pairs")]
+        rows = self.db.query(
+            "SELECT value FROM noise_pairs WHERE evaluation_version = ?", (self.version,)
+        )
+        return [float(row["value"]) for row in rows]
+
+    def fingerprint(self, digest: Digest) -> FileFingerprint | None:
+        """The file sample the agent took of `digest` in its latest round (§4.6)."""
+        rows = self.db.query("SELECT fingerprint FROM fingerprints WHERE digest = ?", (digest,))
+        return FileFingerprint.model_validate_json(rows[0]["fingerprint"]) if rows else None
 
     def behaves_like(self, digest: Digest) -> frozenset[Digest]:
         rows = self.db.query("SELECT leader FROM behaves_like WHERE digest = ?", (digest,))
@@ -292,6 +340,10 @@ class ValidatorState:
         rows = self.db.query("SELECT * FROM rounds ORDER BY started_at DESC LIMIT ?", (limit,))
         return [_round(row) for row in rows]
 
+    def round_counts(self) -> dict[RoundState, int]:
+        rows = self.db.query("SELECT state, COUNT(*) AS n FROM rounds GROUP BY state")
+        return {RoundState(r["state"]): int(r["n"]) for r in rows}
+
     def unfinished_rounds(self) -> list[RoundRecord]:
         rows = self.db.query(
             "SELECT * FROM rounds WHERE state IN (?, ?) ORDER BY started_at",
@@ -329,25 +381,34 @@ class ValidatorState:
             )
             for value in scored.noise_pairs:
                 conn.execute(
-                    "INSERT INTO noise_pairs(round_id, value) VALUES(?, ?)",
-                    (scored.round_id, value),
+                    "INSERT INTO noise_pairs(round_id, value, evaluation_version) VALUES(?, ?, ?)",
+                    (scored.round_id, value, self.version),
                 )
             for digest, kind, evidence, call in scored.evidence:
                 conn.execute(
-                    "INSERT INTO evidence(digest, kind, against, launches, total, variance_units,"
-                    " call) VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT(digest, kind) DO UPDATE SET"
+                    "INSERT INTO evidence(digest, kind, evaluation_version, against, launches,"
+                    " total, variance_units, squares, call) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(digest, kind, evaluation_version) DO UPDATE SET"
                     " against = excluded.against, launches = excluded.launches,"
                     " total = excluded.total, variance_units = excluded.variance_units,"
-                    " call = excluded.call",
+                    " squares = excluded.squares, call = excluded.call",
                     (
                         digest,
                         kind.value,
+                        self.version,
                         evidence.against,
                         evidence.launches,
                         evidence.total,
                         evidence.variance_units,
+                        evidence.squares,
                         call,
                     ),
+                )
+            for digest, fingerprint in scored.fingerprints:
+                conn.execute(
+                    "INSERT INTO fingerprints(digest, fingerprint) VALUES(?, ?)"
+                    " ON CONFLICT(digest) DO UPDATE SET fingerprint = excluded.fingerprint",
+                    (digest, fingerprint.model_dump_json()),
                 )
             for digest, leader in scored.behaves_like:
                 conn.execute(
@@ -438,6 +499,8 @@ class ScoredRound:
     verdicts: tuple[Verdict, ...]
     standings: Standings
     changes: tuple[Change, ...]
+    fingerprints: tuple[tuple[Digest, FileFingerprint], ...] = ()
+    """The file samples the agent took this round, kept for the runner-up's copy check."""
 
 
 def _insert_standings(
@@ -464,7 +527,7 @@ def _insert_standings(
 def _insert_verdict(conn: sqlite3.Connection, v: Verdict, now: float) -> None:
     conn.execute(
         "INSERT INTO verdicts(round_id, hotkey, digest, outcome, reason, detail, attribution,"
-        " charged, evaluation_version, created_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " charged, evaluation_version, created_at, checks) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             v.round_id,
             v.hotkey,
@@ -476,6 +539,7 @@ def _insert_verdict(conn: sqlite3.Connection, v: Verdict, now: float) -> None:
             int(v.charged),
             v.evaluation_version,
             now,
+            ",".join(v.checks),
         ),
     )
 
@@ -517,6 +581,7 @@ def _verdict(row: sqlite3.Row) -> Verdict:
         None if row["attribution"] is None else Attribution(row["attribution"]),
         bool(row["charged"]),
         row["created_at"],
+        tuple(check for check in row["checks"].split(",") if check),
     )
 
 

@@ -15,11 +15,10 @@ import time
 
 from pydantic import BaseModel, ConfigDict
 
-from cacheon.arena import Evidence, bounds, pooled_sigma
+from cacheon.arena import Evidence, bounds, sigma_bound
 from cacheon.protocol import (
     Digest,
     Hotkey,
-    Outcome,
     PublicReport,
     PublicRound,
     PublishedVerdict,
@@ -264,22 +263,17 @@ def round_view(daemon: DaemonView, round_id: str) -> RoundView | None:
     record = daemon.state.round(round_id)
     if record is None:
         return None
-    rows = daemon.state.db.query(
-        "SELECT hotkey, digest, outcome, reason, detail, round_id, created_at FROM verdicts"
-        " WHERE round_id = ? ORDER BY id",
-        (round_id,),
-    )
     verdicts = tuple(
         PublishedVerdict(
-            hotkey=row["hotkey"],
-            digest=row["digest"],
-            outcome=Outcome(row["outcome"]),
-            reason=None if row["reason"] is None else ReasonCode(row["reason"]),
-            detail=row["detail"],
-            round_id=row["round_id"],
-            at=row["created_at"],
+            hotkey=v.hotkey,
+            digest=v.digest,
+            outcome=v.outcome,
+            reason=v.reason,
+            detail=v.detail,
+            round_id=v.round_id,
+            at=v.created_at,
         )
-        for row in rows
+        for v in daemon.state.round_verdicts(round_id)
     )
     return RoundView(summary=_summary(record), evidence=public_round(record), verdicts=verdicts)
 
@@ -290,7 +284,7 @@ def submissions(daemon: DaemonView, hotkey: str) -> SubmissionsView | None:
     mine = [r for r in state.submissions() if r.submission.hotkey == hotkey]
     if not mine:
         return None
-    sigma = pooled_sigma(state.noise_pairs(), daemon.params.sigma_floor)
+    sigma = sigma_bound(state.noise_pairs(), daemon.params)
     alpha = daemon.params.alpha
     _, places = state.standings()
     roles = {

@@ -174,7 +174,7 @@ def _validator(tmp_path: Path, job: JobSpec, result: RoundResult) -> tuple[objec
     mine = Holder(Hotkey(OWN_HOTKEY), Digest(MINE.rpartition("@")[2]))
     leader = Holder(Hotkey(LEADER_HOTKEY), Digest(LEADER.rpartition("@")[2]))
     with Database.open(tmp_path / "state.db") as db:
-        state = ValidatorState(db)
+        state = ValidatorState(db, evaluation_version="v1")
         state.record_submissions(
             SubmissionRecord(Submission(h.hotkey, Uid(i), h.digest, Block(i)), image, 1, True)
             for i, (h, image) in enumerate(((leader, LEADER), (mine, MINE)), 2)
@@ -195,7 +195,7 @@ def _validator(tmp_path: Path, job: JobSpec, result: RoundResult) -> tuple[objec
                     )
                 ]
             )
-        scoring = Scoring(state, PARAMS, "v1", Digest(BASE.rpartition("@")[2]))
+        scoring = Scoring(state, PARAMS, Digest(BASE.rpartition("@")[2]))
         scored = scoring.score(job, result, standings, {mine.hotkey, leader.hotkey})
         state.score_round(scored)
         (verdict,) = [v for v in state.verdicts() if v.hotkey == OWN_HOTKEY]

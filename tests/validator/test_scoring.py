@@ -36,7 +36,7 @@ PARAMS = ArenaParams(0.01, 0.01, 8, 0.02, 4, 0, 0.8)
 @pytest.fixture
 def state(tmp_path: Path) -> Iterator[ValidatorState]:
     db = Database.open(tmp_path / "state.db")
-    state = ValidatorState(db)
+    state = ValidatorState(db, evaluation_version="v1")
     state.record_submissions(
         SubmissionRecord(
             Submission(h.hotkey, Uid(i), h.digest, Block(i)), f"r/x@{h.digest}", 1, True
@@ -91,7 +91,7 @@ def _report(results: dict[str, tuple[Outcome, ReasonCode | None]]) -> RoundRepor
 def _score(
     state: ValidatorState, result: RoundResult
 ) -> tuple[Standings, list[tuple[str, Outcome, ReasonCode | None, bool]]]:
-    scoring = Scoring(state, PARAMS, "v1", BASE)
+    scoring = Scoring(state, PARAMS, BASE)
     scored = scoring.score(_job(), result, state.standings()[1], {FAST.hotkey, SLOW.hotkey})
     state.score_round(scored)
     return scored.standings, [(v.hotkey, v.outcome, v.reason, v.charged) for v in scored.verdicts]
