@@ -16,7 +16,14 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from cacheon.arena.attribution import FAILURES, attribute, charge
-from cacheon.arena.measure import Evidence, Roster, behavioural_copies, measure_round
+from cacheon.arena.copies import Copy, file_copy
+from cacheon.arena.measure import (
+    Evidence,
+    Roster,
+    RoundEvidence,
+    behavioural_copies,
+    measure_round,
+)
 from cacheon.arena.params import ArenaParams
 from cacheon.arena.standings import Crown, Holder, Transition
 from cacheon.arena.verdict import Bounds, Call, Decision, bounds, contestant_sigma, decide
@@ -24,6 +31,7 @@ from cacheon.protocol import (
     Attribution,
     ContestantResult,
     Digest,
+    FileFingerprint,
     Hotkey,
     JobSpec,
     Outcome,
@@ -62,6 +70,9 @@ class History:
     vs_baseline: Mapping[Digest, Evidence] = field(default_factory=dict)
     charges: Mapping[Holder, int] = field(default_factory=dict)
     """Contestant-attributed NO_DECISIONs so far (the third ends in `FAIL: unevaluable`)."""
+    files: Mapping[Holder, FileFingerprint] = field(default_factory=dict)
+    """The file samples of the places to protect from copies (the runner-up; the leader's is
+    taken from the round's own report when it has one)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,9 @@ class Judgement:
     """`vs_baseline` as bounds at the arena's alpha: the standings rank by its lower bound."""
     behaves_like: Digest | None = None
     """The leader's digest, when this challenger answered like it (a behavioural copy, §4.6)."""
+    checks: tuple[str, ...] = ()
+    """The round's copy checks it was put through: `files` (its file sample against the
+    protected places'), `behaviour` (its outputs against the leader's)."""
 
     @property
     def is_verdict(self) -> bool:
@@ -151,20 +165,43 @@ def judge(
     results = {r.key: r for r in report.results}
     roster = Roster.from_job(job)
     copies = behavioural_copies(roster, report) if measured.void is None else frozenset()
-    leader = roster.leader.digest if roster.leader is not None else None
-    opponent = "the leader" if roster.leader is not None else "the baseline"
-    judgements = []
-    for entrant in entrants:
-        own = _own_outcome(entrant, results.get(entrant.key), history)
-        if own is not None:
-            judgements.append(own)
-            continue
-        total = _joined(
-            history.vs_baseline.get(entrant.holder.digest), measured.vs_baseline, entrant
-        )
-        ratio = (
-            None if total is None else bounds(total, contestant_sigma(sigma, total), params.alpha)
-        )
+    rules = _Rules(
+        params,
+        sigma,
+        history,
+        measured,
+        opponent="the leader" if roster.leader is not None else "the baseline",
+        protected=_protected(entrants, results, history),
+        leader=roster.leader.digest if roster.leader is not None else None,
+        copies=copies,
+    )
+    judgements = tuple(
+        _own_outcome(entrant, results.get(entrant.key), history)
+        or rules.judge(entrant, results[entrant.key])
+        for entrant in entrants
+    )
+    return RoundJudgement(
+        job.round_id, sigma, void=measured.void, pairs=measured.pairs, judgements=judgements
+    )
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """The judgement of a contestant the agent passed: copies, then speed."""
+
+    params: ArenaParams
+    sigma: float
+    history: History
+    measured: RoundEvidence
+    opponent: str
+    protected: tuple[tuple[Holder, FileFingerprint], ...]
+    leader: Digest | None
+    copies: frozenset[Digest]
+
+    def judge(self, entrant: _Entrant, result: ContestantResult) -> Judgement:
+        digest = entrant.holder.digest
+        total = _joined(self.history.vs_baseline.get(digest), self.measured.vs_baseline, digest)
+        sigma = self.sigma if total is None else contestant_sigma(self.sigma, total)
         passed = Judgement(
             entrant.key,
             entrant.holder,
@@ -172,41 +209,66 @@ def judge(
             Outcome.PASS,
             None,
             vs_baseline=total,
-            ratio=ratio,
-            behaves_like=leader if entrant.holder.digest in copies else None,
+            ratio=None if total is None else bounds(total, sigma, self.params.alpha),
+            behaves_like=self.leader if digest in self.copies else None,
         )
         if entrant.role is Role.LEADER:
-            judgements.append(passed)
-        elif measured.void is not None:
-            judgements.append(
-                _charged(entrant, measured.void, "", history, during_own_launch=False)
-            )
-        elif (increment := measured.tests.get(entrant.holder.digest)) is None:
-            detail = f"not compared: {opponent} did not run cleanly before and after it"
-            judgements.append(replace(passed, reason=ReasonCode.PENDING, detail=detail))
-        else:
-            prior = history.tests.get(entrant.holder.digest)
-            spread = increment
-            if prior is not None and prior.against == increment.against:
-                spread = prior.plus(increment)
-            decision = decide(prior, increment, contestant_sigma(sigma, spread), params)
-            detail = decision_text(decision, opponent, params)
-            judgements.append(
-                replace(
-                    passed,
-                    reason=CALL_REASON[decision.call],
-                    detail=detail,
-                    decision=decision,
-                    increment=increment,
-                )
-            )
-    return RoundJudgement(
-        job.round_id,
-        sigma,
-        void=measured.void,
-        pairs=measured.pairs,
-        judgements=tuple(judgements),
-    )
+            return passed
+        checks, copy = self._copy_checks(entrant, result)
+        passed = replace(passed, checks=checks)
+        if copy is not None:
+            return replace(
+                passed, outcome=Outcome.FAIL, reason=copy.reason, detail=copy.detail,
+                attribution=Attribution.CONTESTANT,
+            )  # fmt: skip
+        if self.measured.void is not None:
+            return _charged(entrant, self.measured.void, "", self.history, during_own_launch=False)
+        increment = self.measured.tests.get(digest)
+        if increment is None:
+            detail = f"not compared: {self.opponent} did not run cleanly before and after it"
+            return replace(passed, reason=ReasonCode.PENDING, detail=detail)
+        prior = self.history.tests.get(digest)
+        spread = increment
+        if prior is not None and prior.against == increment.against:
+            spread = prior.plus(increment)
+        decision = decide(prior, increment, contestant_sigma(self.sigma, spread), self.params)
+        return replace(
+            passed,
+            reason=CALL_REASON[decision.call],
+            detail=decision_text(decision, self.opponent, self.params),
+            decision=decision,
+            increment=increment,
+        )
+
+    def _copy_checks(
+        self, entrant: _Entrant, result: ContestantResult
+    ) -> tuple[tuple[str, ...], Copy | None]:
+        checks = ("behaviour",) if self.leader is not None and self.measured.void is None else ()
+        files = None if result.image is None else result.image.files
+        protected = [(h.hotkey, f) for h, f in self.protected if h.hotkey != entrant.holder.hotkey]
+        if files is None or not protected:
+            return checks, None
+        copy = file_copy(
+            files,
+            protected,
+            contained=self.params.copy_file_share,
+            tiny_bytes=self.params.copy_tiny_bytes,
+        )
+        return ("files", *checks), copy
+
+
+def _protected(
+    entrants: list[_Entrant], results: Mapping[str, ContestantResult], history: History
+) -> tuple[tuple[Holder, FileFingerprint], ...]:
+    """The places whose files a challenger may not copy: the round's leader, by the sample its
+    own launch just took, and what the history holds (the runner-up)."""
+    found = dict(history.files)
+    for entrant in entrants:
+        result = results.get(entrant.key)
+        files = None if result is None or result.image is None else result.image.files
+        if entrant.role is Role.LEADER and files is not None:
+            found[entrant.holder] = files
+    return tuple(sorted(found.items(), key=lambda item: (item[0].hotkey, item[0].digest)))
 
 
 def settle(judged: RoundJudgement, moved: Transition) -> RoundJudgement:
@@ -331,9 +393,9 @@ def _charged(
 
 
 def _joined(
-    prior: Evidence | None, measured: Mapping[Digest, Evidence], entrant: _Entrant
+    prior: Evidence | None, measured: Mapping[Digest, Evidence], digest: Digest
 ) -> Evidence | None:
-    more = measured.get(entrant.holder.digest)
+    more = measured.get(digest)
     if more is None:
         return prior
     return more if prior is None or prior.against != more.against else prior.plus(more)

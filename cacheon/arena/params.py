@@ -31,6 +31,10 @@ class ArenaParams:
     """The launch noise assumed until there are `MIN_PAIRS` baseline pairs to measure it from."""
     sigma_confidence: float = 0.9
     """One-sided confidence of the upper bound on the launch noise that decisions use."""
+    copy_tiny_bytes: int = 16_000_000
+    """What an image may add to a protected image's layers or files and still be its copy."""
+    copy_file_share: float = 0.9
+    """Share of a protected image's own file bytes an image must hold to be its copy by files."""
 
     def __post_init__(self) -> None:
         problems = [

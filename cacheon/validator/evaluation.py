@@ -37,6 +37,8 @@ def arena_params(settings: ArenaSettings) -> ArenaParams:
         leader_share=settings.leader_share,
         sigma_prior=settings.sigma_prior,
         sigma_confidence=settings.sigma_confidence,
+        copy_tiny_bytes=int(settings.copy_tiny_mb * 1e6),
+        copy_file_share=settings.copy_file_share,
     )
 
 

@@ -27,7 +27,7 @@ from cacheon.arena import (
     settle,
     sigma_bound,
 )
-from cacheon.protocol import Block, Digest, Hotkey, JobSpec, Outcome, Role
+from cacheon.protocol import Block, Digest, FileFingerprint, Hotkey, JobSpec, Outcome, Role
 from cacheon.validator.state import EvidenceKind, EvidenceRow, ScoredRound, ValidatorState, Verdict
 
 
@@ -46,7 +46,7 @@ class Scoring:
         registered: Collection[Hotkey],
     ) -> ScoredRound:
         sigma = sigma_bound(self.state.noise_pairs(), self.params)
-        judged = judge(job, result, self.params, sigma, self.history(job))
+        judged = judge(job, result, self.params, sigma, self.history(job, standings))
         behaves = tuple(
             (j.holder.digest, j.behaves_like)
             for j in judged.judgements
@@ -73,10 +73,12 @@ class Scoring:
             verdicts=verdicts,
             standings=moved.standings,
             changes=moved.changes,
+            fingerprints=_fingerprints(job, result),
         )
 
-    def history(self, job: JobSpec) -> History:
-        """What the state knows of this round's contestants."""
+    def history(self, job: JobSpec, standings: Standings) -> History:
+        """What the state knows of this round's contestants, and the file samples of the
+        places a copy may not take."""
         tests: dict[Digest, Evidence] = {}
         vs_baseline: dict[Digest, Evidence] = {}
         charges: dict[Holder, int] = {}
@@ -89,7 +91,12 @@ class Scoring:
                 if found is not None:
                     known[holder.digest] = found
             charges[holder] = self.state.charges(holder.hotkey, holder.digest)
-        return History(tests, vs_baseline, charges)
+        files = {
+            place: sample
+            for place in (standings.leader, standings.runner_up)
+            if place is not None and (sample := self.state.fingerprint(place.digest)) is not None
+        }
+        return History(tests, vs_baseline, charges, files)
 
     def _verdict(self, j: Judgement, round_id: str) -> Verdict:
         return Verdict(
@@ -102,6 +109,7 @@ class Scoring:
             self.state.version,
             j.attribution,
             j.charged,
+            checks=("layers", *j.checks),
         )
 
     def _contenders(
@@ -157,3 +165,15 @@ def _evidence(judged: RoundJudgement) -> Iterable[EvidenceRow]:
             yield j.holder.digest, EvidenceKind.BASELINE, j.vs_baseline, None
         if j.decision is not None:
             yield j.holder.digest, EvidenceKind.TEST, j.decision.evidence, j.decision.call.value
+
+
+def _fingerprints(job: JobSpec, result: RoundResult) -> tuple[tuple[Digest, FileFingerprint], ...]:
+    """The file samples the agent took this round, by digest, kept for later copy checks."""
+    if result.report is None:
+        return ()
+    images = {c.key: Digest(c.image.rpartition("@")[2]) for c in job.contestants}
+    return tuple(
+        (images[r.key], r.image.files)
+        for r in result.report.results
+        if r.key in images and r.image is not None and r.image.files is not None
+    )

@@ -28,8 +28,10 @@ from cacheon.protocol import (
     Block,
     ContestantResult,
     Digest,
+    FileFingerprint,
     GateThresholds,
     Hotkey,
+    ImageFacts,
     JobSpec,
     Launch,
     LevelMeasurement,
@@ -62,6 +64,8 @@ class Case:
     saturated: frozenset[str] = frozenset()
     """Contestants whose every block was measured with the client saturated."""
     copy_of_leader: bool = False
+    squash_of_leader: bool = False
+    """The image's files are the leader's, squashed into one layer."""
 
 
 def _fail_cases() -> list[Case]:
@@ -103,6 +107,10 @@ CASES = [
     Case("void: drift", (Outcome.NO_DECISION, ReasonCode.DRIFT), drift=1.5),
     Case("void: client saturated", (Outcome.NO_DECISION, ReasonCode.CLIENT_SATURATED),
          saturated=frozenset({"C1"})),
+    Case("file copy of the leader", (Outcome.FAIL, ReasonCode.COPY_OF), leader=True,
+         speeds={"B": 1.0, "L": 2.0, "C1": 2.1}, squash_of_leader=True),
+    Case("own files beside the leader's", (Outcome.PASS, ReasonCode.PENDING), leader=True,
+         speeds={"B": 1.0, "L": 2.0, "C1": 2.04}),
     Case("missing from the report", (Outcome.NO_DECISION, ReasonCode.AGENT_FAILED),
          results={"C1": (Outcome.PASS, None)}),
     *_fail_cases(),
@@ -162,11 +170,32 @@ def _report(job: JobSpec, case: Case) -> RoundReport:
                 reason=reason,
                 detail=f"{key}: {reason}" if reason else "",
                 copy_of="L" if key == CONTESTANT and case.copy_of_leader else None,
+                image=_facts(key, case),
             )
             for key, (outcome, reason) in results.items()
             if not (missing and key == CONTESTANT)
         ),
     )
+
+
+def _facts(key: str, case: Case) -> ImageFacts | None:
+    """Every image's file sample: the leader's engine on a CUDA base; the challenger's own
+    engine on the same base, or the leader's files squashed into one layer."""
+    cuda = [(f"cuda-{i}", 50_000_000, False) for i in range(40)]
+    engine = [(f"engine-{i}", 20_000_000, True) for i in range(30)]
+    mine = [(f"mine-{i}", 20_000_000, True) for i in range(30)]
+    samples = {
+        "B": None,
+        "L": cuda + engine,
+        CONTESTANT: [(n, size, True) for n, size, _ in cuda + engine]
+        if case.squash_of_leader
+        else cuda + mine,
+    }[key]
+    if samples is None:
+        return None
+    digest = {"L": LEADER, CONTESTANT: MINE}[key].rpartition("@")[2]
+    files = FileFingerprint(files=len(samples), bytes=10**9, samples=tuple(samples))
+    return ImageFacts(digest=digest, files=files)
 
 
 def _validator(tmp_path: Path, job: JobSpec, result: RoundResult) -> tuple[object, ...]:
