@@ -112,6 +112,25 @@ class ChainState:
 
 
 @dataclass(frozen=True)
+class WeightCommit:
+    """A timelocked weights commit the chain still holds: not yet at its reveal."""
+
+    epoch: int
+    """The subnet epoch it was committed in; it reveals `RevealPeriodEpochs` later."""
+    block: Block
+    reveal_round: int
+    """The drand round whose pulse decrypts it."""
+
+
+@dataclass(frozen=True)
+class RevealClock:
+    """Where the subnet is in the epochs that commit-reveal counts."""
+
+    epoch: int
+    reveal_period_epochs: int
+
+
+@dataclass(frozen=True)
 class Receipt:
     """Where an accepted extrinsic landed."""
 
@@ -127,6 +146,7 @@ class ChainClient:
         self.settings = settings
         self.network = settings.chain_endpoint or settings.network
         self._client: bt.Client | None = None
+        self._devnet: Devnet | None = None
         self._lock = asyncio.Lock()
 
     async def __aenter__(self) -> ChainClient:
@@ -147,9 +167,10 @@ class ChainClient:
         path = db_path(self.network)
         if path is not None:
             try:
-                return bt.Client("local", substrate=DevnetSubstrate(Devnet(path)))
+                self._devnet = Devnet(path)
             except DevnetError as exc:
                 raise ChainUnavailable(f"cannot open the devnet: {exc}") from None
+            return bt.Client("local", substrate=DevnetSubstrate(self._devnet))
         try:
             return bt.Client(
                 self.network, fallback_endpoints=list(self.settings.fallback_endpoints) or None
@@ -260,18 +281,53 @@ class ChainClient:
 
     async def pending_weight_commits(self, hotkey: str, netuid: int | None = None) -> list[int]:
         """Reveal rounds of this hotkey's timelocked weight commits not yet revealed."""
+        return [c.reveal_round for c in await self.weight_commits(hotkey, netuid)]
+
+    async def weight_commits(self, hotkey: str, netuid: int | None = None) -> list[WeightCommit]:
+        """This hotkey's timelocked weight commits the chain has not yet revealed."""
         net = self.settings.netuid if netuid is None else netuid
 
-        async def op(client: bt.Client) -> list[int]:
+        async def op(client: bt.Client) -> list[WeightCommit]:
             grouped = await client.weights.timelocked_weight_commits(net)
             return [
-                int(entry["reveal_round"])
-                for entries in grouped.values()
+                WeightCommit(int(epoch), Block(entry["commit_block"]), int(entry["reveal_round"]))
+                for epoch, entries in grouped.items()
                 for entry in entries
                 if entry["hotkey"] == hotkey
             ]
 
         return await self.read(op)
+
+    async def reveal_clock(self, netuid: int | None = None) -> RevealClock:
+        net = self.settings.netuid if netuid is None else netuid
+        st = bt.storage.SubtensorModule
+
+        async def op(client: bt.Client) -> RevealClock:
+            snap = await client.at(await client.block())
+            epoch, period = await asyncio.gather(
+                snap.query(st.SubnetEpochIndex, [net]), snap.query(st.RevealPeriodEpochs, [net])
+            )
+            return RevealClock(int(epoch or 0), int(period or 0))
+
+        return await self.read(op)
+
+    def lodge_reveal(
+        self,
+        hotkey: str,
+        netuid: int,
+        reveal_round: int,
+        row: Sequence[tuple[int, int]],
+        version_key: int,
+    ) -> None:
+        """On a devnet, hand it what our commit for `reveal_round` decrypts to: the devnet
+        cannot reach drand, so it reveals what the committer lodges (`chain.devnet`). A real
+        chain decrypts the commit itself at the drand round, so elsewhere this does nothing."""
+        if self._devnet is None:
+            return
+        try:
+            self._devnet.lodge_reveal(netuid, hotkey, reveal_round, row, version_key)
+        except DevnetError as exc:
+            raise ChainFailure(f"the devnet refused the reveal: {exc}") from None
 
     # Writes -----------------------------------------------------------------------------------
 

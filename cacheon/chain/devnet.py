@@ -13,7 +13,15 @@ Rules enforced, as the chain does: only a hotkey registered on the netuid may co
 `MaxFields` Raw fields of at most 128 bytes; a per-tempo byte quota per hotkey (each call costs
 max(100, bytes)); weights need a registered hotkey with a validator permit, respect the rate
 limit, the version key, `MinAllowedWeights`, `MaxWeightsLimit` and the commit-reveal switch.
-Not simulated: SCALE encoding, fees, stake, and the chain's reveal of timelocked weight commits.
+
+Timelocked weight commits are revealed at the first block of epoch `commit epoch +
+RevealPeriodEpochs` (an epoch is `tempo` blocks here): from that block the commit is no longer
+pending and, unless its reveal fails, its row is the committer's weights. The SDK encrypts the
+weights to drand's key and the devnet cannot reach drand, so it plays drand's part for its own
+chain: the committer lodges the plaintext (`lodge_reveal`), and a commit nobody lodged is never
+revealed, as a commit the chain cannot decrypt. `fail_reveals(n)` is the fault switch: the next n
+commits are never revealed, for the reason given.
+Not simulated: SCALE encoding, fees, stake, and drand.
 """
 
 from __future__ import annotations
@@ -29,11 +37,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cacheon.chain import devnet_weights
+from cacheon.chain.devnet_errors import Rejected
+from cacheon.chain.devnet_weights import U16_MAX
+
 SCHEME = "sim://"
 MAX_FIELDS = 3
 MAX_RAW_BYTES = 128
 MIN_COMMIT_COST = 100
-U16_MAX = 65535
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -130,15 +141,6 @@ class Commitment:
     """Decoded the way the SDK's transport hands them over: `[{"Raw71": "0x…"}]`."""
 
 
-class Rejected(Exception):
-    """A dispatch error, named as the pallet names it."""
-
-    def __init__(self, name: str, docs: str) -> None:
-        super().__init__(f"{name}: {docs}")
-        self.name = name
-        self.docs = docs
-
-
 def db_path(network: str) -> Path | None:
     """The devnet file a `sim://<path>` network names, or None for any other network."""
     if not network.startswith(SCHEME):
@@ -168,6 +170,7 @@ class Devnet:
         except sqlite3.DatabaseError as exc:
             self._conn.close()
             raise DevnetError(f"{path}: not a devnet file ({exc})") from None
+        self._conn.executescript(devnet_weights.REVEALS_SCHEMA)
 
     @classmethod
     def create(cls, path: Path, *, block_time_s: float = 12.0) -> Devnet:
@@ -310,6 +313,33 @@ class Devnet:
             )
             return int(uid)
 
+    def lodge_reveal(
+        self,
+        netuid: int,
+        hotkey: str,
+        reveal_round: int,
+        row: Sequence[tuple[int, int]],
+        version_key: int,
+    ) -> None:
+        """What the hotkey's timelocked commit for drand round `reveal_round` decrypts to (the
+        devnet's stand-in for drand, see the module docstring)."""
+        with self._write() as conn:
+            if not devnet_weights.lodge_reveal(
+                self, conn, netuid, hotkey, reveal_round, row=row, version_key=version_key
+            ):
+                raise DevnetError(
+                    f"no timelocked commit by {hotkey} for drand round {reveal_round}"
+                )
+
+    # Faults -------------------------------------------------------------------------------------
+
+    def fail_reveals(
+        self, count: int = 1, reason: str = devnet_weights.DEFAULT_REVEAL_FAILURE
+    ) -> None:
+        """The next `count` timelocked commits are never revealed, for `reason`; 0 clears."""
+        with self._write() as conn:
+            devnet_weights.fail_reveals(conn, count, reason)
+
     # Reads at a block ---------------------------------------------------------------------------
 
     def subnets(self, block: int) -> list[int]:
@@ -367,21 +397,28 @@ class Devnet:
         return epoch, int(rows[0][0]) if rows else 0
 
     def weights(self, netuid: int, block: int) -> dict[int, list[tuple[int, int]]]:
+        """Each uid's row at `block`: the latest set directly or revealed from a commit."""
         rows = self._rows(
-            "SELECT uid, row FROM weights w WHERE netuid = :netuid AND block <= :block"
-            " AND rowid = (SELECT MAX(rowid) FROM weights v WHERE v.netuid = w.netuid"
-            "  AND v.uid = w.uid AND v.block <= :block)",
+            "SELECT uid, block, row, 0 AS source, rowid AS seq FROM weights"
+            " WHERE netuid = :netuid AND block <= :block"
+            " UNION ALL SELECT uid, reveal_block, row, 1, rowid FROM weight_reveals"
+            " WHERE netuid = :netuid AND reveal_block <= :block AND row IS NOT NULL"
+            "  AND failure IS NULL ORDER BY 2, 4, 5",
             {"netuid": netuid, "block": block},
         )
         return {int(r["uid"]): [tuple(p) for p in json.loads(r["row"])] for r in rows}
 
     def weight_commits(self, netuid: int, block: int) -> list[tuple[int, str, int, str, int]]:
-        """(epoch, hotkey, commit block, ciphertext hex, reveal round), oldest first."""
+        """Commits still pending at `block` (not yet at their reveal block), oldest first:
+        (epoch, hotkey, commit block, ciphertext hex, reveal round)."""
         tempo = max(1, self.subnet(netuid).params.tempo)
         rows = self._rows(
-            "SELECT hotkey, block, commit_hex, reveal_round FROM weight_commits"
-            " WHERE netuid = ? AND block <= ? ORDER BY rowid",
-            (netuid, block),
+            "SELECT hotkey, block, commit_hex, reveal_round FROM weight_commits c"
+            " WHERE netuid = :netuid AND block <= :block AND NOT EXISTS (SELECT 1"
+            "  FROM weight_reveals r WHERE r.netuid = c.netuid AND r.uid = c.uid"
+            "  AND r.commit_block = c.block AND r.reveal_round = c.reveal_round"
+            "  AND r.reveal_block <= :block) ORDER BY rowid",
+            {"netuid": netuid, "block": block},
         )
         return [(r[1] // tempo, r[0], r[1], r[2], r[3]) for r in rows]
 
@@ -419,7 +456,7 @@ class Devnet:
             raise error
         return int(block), int(idx)
 
-    def _registered_uid(self, conn: sqlite3.Connection, netuid: int, hotkey: str) -> int | None:
+    def registered_uid(self, conn: sqlite3.Connection, netuid: int, hotkey: str) -> int | None:
         row = conn.execute(
             "SELECT uid FROM neurons WHERE netuid = ? AND hotkey = ?", (netuid, hotkey)
         ).fetchone()
@@ -430,7 +467,7 @@ class Devnet:
     ) -> None:
         netuid = int(params["netuid"])
         subnet = self.subnet(netuid)
-        if self._registered_uid(conn, netuid, signer) is None:
+        if self.registered_uid(conn, netuid, signer) is None:
             raise Rejected("AccountNotAllowedCommit", "Account is not allowed to commit")
         fields = commitment_fields(params["info"])
         if len(fields) > MAX_FIELDS:
@@ -448,65 +485,6 @@ class Devnet:
         )
         conn.execute(
             "INSERT INTO commitments VALUES (?,?,?,?)", (netuid, signer, block, json.dumps(fields))
-        )
-
-    def _weights_origin(
-        self, conn: sqlite3.Connection, block: int, signer: str, netuid: int
-    ) -> tuple[Subnet, int]:
-        subnet = self.subnet(netuid)
-        uid = self._registered_uid(conn, netuid, signer)
-        if uid is None:
-            raise Rejected("HotKeyNotRegisteredInSubNet", "The hotkey is not registered in subnet")
-        neuron = next(n for n in self.neurons(netuid, block) if n.uid == uid)
-        if not neuron.validator_permit:
-            raise Rejected("NeuronNoValidatorPermit", "The neuron has no validator permit")
-        limit = subnet.params.weights_rate_limit
-        if limit and neuron.last_update and block - neuron.last_update < limit:
-            raise Rejected("SettingWeightsTooFast", "Setting weights too fast")
-        return subnet, uid
-
-    def _set_weights(
-        self, conn: sqlite3.Connection, block: int, signer: str, params: dict[str, Any]
-    ) -> None:
-        netuid = int(params["netuid"])
-        subnet, uid = self._weights_origin(conn, block, signer, netuid)
-        if subnet.params.commit_reveal:
-            raise Rejected("CommitRevealEnabled", "Commit-reveal is enabled; commit weights")
-        if int(params["version_key"]) < subnet.params.weights_version_key:
-            raise Rejected("IncorrectWeightVersionKey", "Incorrect weight version key")
-        dests = [int(d) for d in params["dests"]]
-        values = [int(v) for v in params["weights"]]
-        n_uids = len(self.neurons(netuid, block))
-        if len(dests) != len(values):
-            raise Rejected("WeightVecNotEqualSize", "Weight vectors are not of equal size")
-        if len(set(dests)) != len(dests):
-            raise Rejected("DuplicateUids", "Duplicate uids in the weight vector")
-        if any(not 0 <= d < n_uids for d in dests):
-            raise Rejected("UidVecContainInvalidOne", "A uid in the vector is not registered")
-        if any(not 0 <= v <= U16_MAX for v in values) or sum(values) == 0:
-            raise Rejected("InvalidWeights", "Weights must be u16 and not all zero")
-        self_weight = dests == [uid]
-        if not self_weight and len(dests) < min(subnet.params.min_allowed_weights, n_uids):
-            raise Rejected("WeightVecLengthIsLow", "Fewer weights than MinAllowedWeights")
-        limit = subnet.params.max_weights_limit
-        if not self_weight and limit < U16_MAX and max(values) * U16_MAX > limit * sum(values):
-            raise Rejected("MaxWeightExceeded", "A weight exceeds MaxWeightsLimit")
-        top = max(values)
-        row = [[d, round(v * U16_MAX / top)] for d, v in zip(dests, values, strict=True)]
-        conn.execute("INSERT INTO weights VALUES (?,?,?,?)", (netuid, uid, block, json.dumps(row)))
-
-    def _commit_timelocked(
-        self, conn: sqlite3.Connection, block: int, signer: str, params: dict[str, Any]
-    ) -> None:
-        netuid = int(params["netuid"])
-        subnet, uid = self._weights_origin(conn, block, signer, netuid)
-        if not subnet.params.commit_reveal:
-            raise Rejected("CommitRevealDisabled", "Commit-reveal is disabled on this subnet")
-        commit = params["commit"]
-        commit_hex = bytes(commit).hex() if not isinstance(commit, str) else commit
-        conn.execute(
-            "INSERT INTO weight_commits VALUES (?,?,?,?,?,?)",
-            (netuid, uid, signer, block, commit_hex, int(params["reveal_round"])),
         )
 
 
@@ -551,6 +529,6 @@ def _as_bytes(payload: Any) -> bytes | None:
 
 _HANDLERS = {
     ("Commitments", "set_commitment"): Devnet._set_commitment,
-    ("SubtensorModule", "set_mechanism_weights"): Devnet._set_weights,
-    ("SubtensorModule", "commit_timelocked_mechanism_weights"): Devnet._commit_timelocked,
+    ("SubtensorModule", "set_mechanism_weights"): devnet_weights.set_weights,
+    ("SubtensorModule", "commit_timelocked_mechanism_weights"): devnet_weights.commit_timelocked,
 }

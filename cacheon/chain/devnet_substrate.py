@@ -19,7 +19,8 @@ from bittensor.balance import Balance
 from bittensor.result import ChainError, ExtrinsicResult
 from bittensor.sp_core import verify
 
-from cacheon.chain.devnet import Devnet, DevnetError, Rejected, commitment_fields
+from cacheon.chain.devnet import Devnet, DevnetError, commitment_fields
+from cacheon.chain.devnet_errors import Rejected
 
 SPEC_VERSION = 1
 _CRYPTO_SR25519 = 1

@@ -5,7 +5,9 @@ all-zero vector, pad a short vector with the burn uid and then the lowest uids, 
 `MaxWeightsLimit`, version key = max(configured, chain), and do not even try inside the rate
 limit. Success is not the SDK's word alone: the row the chain stores (or, with commit-reveal, the
 pending commit) is read back and compared with the u16 vector the SDK sent, which is recomputed
-here with the SDK's own `clip_to_max_weight` and `normalize`.
+here with the SDK's own `clip_to_max_weight` and `normalize`. A commit is not yet weights: once
+its reveal epoch has come, `check_reveal` reads our row back and compares it with what was
+committed, so a reveal the chain never made is found and can be set again.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import bittensor as bt
 from bittensor.intents import normalize
 from bittensor.intents.weights import clip_to_max_weight
 
-from cacheon.chain.client import ChainClient, ChainState
+from cacheon.chain.client import ChainClient, ChainState, WeightCommit
 from cacheon.chain.errors import ChainRejected, ChainUnavailable, RateLimited
 from cacheon.chain.wallet import Wallet, hotkey_address
 from cacheon.log import get_logger
@@ -39,6 +41,10 @@ class WeightsStatus(StrEnum):
     MISMATCH = "mismatch"
     """The SDK reported success but the readback differs from what was sent."""
     UNAVAILABLE = "unavailable"
+    REVEALED = "revealed"
+    """Commit-reveal: after the reveal, the chain stores exactly the row we committed."""
+    REVEAL_MISSED = "reveal_missed"
+    """Commit-reveal: the reveal epoch came and went without our committed row on chain."""
 
 
 class InvalidWeights(ValueError):
@@ -60,12 +66,25 @@ class WeightVector:
 
 
 @dataclass(frozen=True)
+class Commit:
+    """A timelocked commit of ours, and what its reveal must put on chain."""
+
+    block: Block
+    reveal_round: int
+    reveal_epoch: int
+    """The subnet epoch the chain reveals it in (commit epoch + `RevealPeriodEpochs`)."""
+    expected_u16: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
 class WeightsResult:
     status: WeightsStatus
     detail: str
     block: Block | None = None
     retry_at_block: Block | None = None
     vector: WeightVector | None = None
+    commit: Commit | None = None
+    """With COMMITTED: the commit whose reveal `check_reveal` will check."""
 
 
 def plan_weights(
@@ -164,13 +183,20 @@ async def set_weights(
     try:
         if state.hyperparameters.commit_reveal:
             reveal_round = receipt.data.get("reveal_round")
-            pending = await client.pending_weight_commits(hotkey, state.netuid)
-            if reveal_round in pending:
+            pending = await client.weight_commits(hotkey, state.netuid)
+            ours = next((c for c in pending if c.reveal_round == reveal_round), None)
+            if ours is not None:
+                commit = await _commit(client, ours, vector, state)
+                client.lodge_reveal(
+                    hotkey, state.netuid, ours.reveal_round, vector.expected_u16, vector.version_key
+                )
                 return WeightsResult(
                     WeightsStatus.COMMITTED,
-                    f"timelocked commit on chain, reveals at drand round {reveal_round}",
+                    f"timelocked commit on chain, reveals at drand round {reveal_round}"
+                    f" (epoch {commit.reveal_epoch})",
                     block=receipt.block,
                     vector=vector,
+                    commit=commit,
                 )
             detail = f"no pending commit for round {reveal_round} after inclusion"
         else:
@@ -183,3 +209,52 @@ async def set_weights(
     except ChainUnavailable as exc:
         return WeightsResult(WeightsStatus.UNAVAILABLE, f"readback failed: {exc}", vector=vector)
     return WeightsResult(WeightsStatus.MISMATCH, detail, block=receipt.block, vector=vector)
+
+
+async def _commit(
+    client: ChainClient, ours: WeightCommit, vector: WeightVector, state: ChainState
+) -> Commit:
+    clock = await client.reveal_clock(state.netuid)
+    return Commit(
+        block=ours.block,
+        reveal_round=ours.reveal_round,
+        reveal_epoch=ours.epoch + clock.reveal_period_epochs,
+        expected_u16=vector.expected_u16,
+    )
+
+
+async def check_reveal(
+    client: ChainClient, wallet: Wallet, commit: Commit, netuid: int
+) -> WeightsResult | None:
+    """REVEALED or REVEAL_MISSED (its detail is the reason) once the commit's reveal epoch has
+    come; None while it is not yet due. The chain drops a commit from its pending map when it
+    reveals it (or fails to); one still pending an epoch after its reveal epoch is missed too."""
+    hotkey = hotkey_address(wallet)
+    clock = await client.reveal_clock(netuid)
+    if clock.epoch < commit.reveal_epoch:
+        return None
+    pending = await client.weight_commits(hotkey, netuid)
+    if any((c.block, c.reveal_round) == (commit.block, commit.reveal_round) for c in pending):
+        if clock.epoch == commit.reveal_epoch:
+            return None
+        return WeightsResult(
+            WeightsStatus.REVEAL_MISSED,
+            f"commit of block {commit.block} still pending in epoch {clock.epoch},"
+            f" after its reveal epoch {commit.reveal_epoch}",
+            block=commit.block,
+        )
+    uid = await client.uid_of(hotkey, netuid)
+    row = () if uid is None else tuple(sorted(await client.weights_row(uid, netuid)))
+    if row == commit.expected_u16:
+        return WeightsResult(
+            WeightsStatus.REVEALED,
+            f"commit of block {commit.block} revealed in epoch {commit.reveal_epoch}",
+            block=commit.block,
+        )
+    return WeightsResult(
+        WeightsStatus.REVEAL_MISSED,
+        f"commit of block {commit.block} left the pending commits in epoch"
+        f" {commit.reveal_epoch}, but the chain holds {list(row)}, committed"
+        f" {list(commit.expected_u16)}",
+        block=commit.block,
+    )

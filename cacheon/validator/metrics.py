@@ -34,6 +34,7 @@ class Snapshot:
     status: StatusView
     rounds: dict[str, int]
     verdicts: dict[tuple[str, str], int]
+    reveals_missed: int
 
     @classmethod
     async def take(cls, daemon: DaemonView) -> Snapshot:
@@ -43,7 +44,8 @@ class Snapshot:
             (str(outcome), str(reason or "")): n
             for (outcome, reason), n in state.verdict_counts().items()
         }
-        return cls(await check(daemon), status(daemon), rounds, verdicts)
+        missed = state.weights_counts().get(WeightsStatus.REVEAL_MISSED.value, 0)
+        return cls(await check(daemon), status(daemon), rounds, verdicts, missed)
 
 
 class DaemonCollector(Collector):
@@ -152,6 +154,11 @@ def _weights(snap: Snapshot) -> Iterator[Metric]:
     for name in WEIGHTS_STATES:
         current.add_metric([name], int(last is not None and last.status == name))
     yield current
+    yield CounterMetricFamily(
+        "cacheon_weights_reveals_missed",
+        "Weights commits whose reveal never put the committed row on chain",
+        value=snap.reveals_missed,
+    )
     if last is not None:
         yield _gauge(
             "cacheon_weights_last_attempt_timestamp_seconds",

@@ -474,11 +474,38 @@ class ValidatorState:
         ]
 
     def last_successful_weights(self) -> WeightsRecord | None:
-        return next((w for w in self.weights_log(200) if w.status in SUCCESS), None)
+        """The latest set or commit; a missed reveal undoes the commit it was the reveal of."""
+        missed = 0
+        for w in self.weights_log(200):
+            if w.status == REVEAL_MISSED:
+                missed += 1
+            elif w.status == "committed" and missed:
+                missed -= 1
+            elif w.status in SUCCESS:
+                return w
+        return None
+
+    def weights_counts(self) -> dict[str, int]:
+        """Weights log rows by status, over the whole history."""
+        rows = self.db.query("SELECT status, COUNT(*) AS n FROM weights_log GROUP BY status")
+        return {str(r["status"]): int(r["n"]) for r in rows}
+
+    def pending_reveal(self) -> str | None:
+        """Our weights commit whose reveal is still to be checked (JSON of validator.weights)."""
+        return self.db.get_meta(PENDING_REVEAL)
+
+    def set_pending_reveal(self, commit: str | None) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (PENDING_REVEAL,))
+            if commit is not None:
+                conn.execute("INSERT INTO meta(key, value) VALUES(?, ?)", (PENDING_REVEAL, commit))
 
 
 SUCCESS = frozenset({"set", "committed"})
 """Weights statuses that count as done (chain.weights.WeightsStatus values)."""
+REVEAL_MISSED = "reveal_missed"
+"""The status recorded when a commit's reveal never landed (chain.weights.WeightsStatus)."""
+PENDING_REVEAL = "weights_pending_reveal"
 
 
 EvidenceRow = tuple[Digest, EvidenceKind, Evidence, str | None]
