@@ -179,6 +179,11 @@ class WorkloadSettings(_Section):
     concurrencies: list[int] = Field(default_factory=lambda: [1, 16, 64], min_length=1)
     prompts_per_block: int = Field(default=64, ge=1)
     blocks_per_level: int = Field(default=2, ge=1)
+    level_prompts: list[int] = Field(default_factory=list)
+    """Prompts per block at each concurrency, in the order of `concurrencies` (empty: all take
+    `prompts_per_block`)."""
+    level_blocks: list[int] = Field(default_factory=list)
+    """Blocks at each concurrency, likewise (empty: all take `blocks_per_level`)."""
     warmup_requests: int = Field(default=8, ge=0)
     max_tokens: int = Field(default=256, ge=1)
     request_timeout_s: float = Field(default=300.0, gt=0)

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, NewType
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_VERSION = 0
 """Version of the models below; bumped on any incompatible change."""
@@ -155,12 +155,38 @@ class Workload(_Model):
     concurrencies: tuple[int, ...] = (1, 16, 64)
     prompts_per_block: int = Field(default=64, ge=1)
     blocks_per_level: int = Field(default=2, ge=1)
+    level_prompts: tuple[int, ...] = ()
+    """Prompts per block at each concurrency, in the order of `concurrencies`; empty: every level
+    takes `prompts_per_block`. A level's time grows with prompts / concurrency, so concurrency 1
+    is where prompts cost most and tell least (a launch's noise is mostly its offset)."""
+    level_blocks: tuple[int, ...] = ()
+    """Blocks at each concurrency, likewise; empty: `blocks_per_level` everywhere."""
     warmup_requests: int = Field(default=8, ge=0)
     max_tokens: int = Field(default=256, ge=1)
     generator_version: int = 1
     request_timeout_s: float = Field(default=300.0, gt=0)
     """A request not finished this long after its bytes were sent fails the launch."""
     dataset: PromptDataset | None = None
+
+    @model_validator(mode="after")
+    def _one_per_level(self) -> Workload:
+        for name in ("level_prompts", "level_blocks"):
+            values = getattr(self, name)
+            if values and (len(values) != len(self.concurrencies) or min(values) < 1):
+                raise ValueError(f"{name} needs one positive count per concurrency level")
+        return self
+
+    def prompts_at(self, concurrency: int) -> int:
+        """Prompts per block at `concurrency`."""
+        if self.level_prompts:
+            return self.level_prompts[self.concurrencies.index(concurrency)]
+        return self.prompts_per_block
+
+    def blocks_at(self, concurrency: int) -> int:
+        """Blocks measured at `concurrency`."""
+        if self.level_blocks:
+            return self.level_blocks[self.concurrencies.index(concurrency)]
+        return self.blocks_per_level
 
 
 class GateThresholds(_Model):

@@ -236,7 +236,7 @@ class RoundRunner:
         workers = max(workers_for(c) for c in workload.concurrencies)
         async with LoadGenerator(server.target, model, workers, workload.request_timeout_s) as load:
             await self._wait_healthy(server, load)
-            total = len(workload.concurrencies) * workload.blocks_per_level
+            total = sum(workload.blocks_at(c) for c in workload.concurrencies)
             for concurrency in workload.concurrencies:
                 if workload.warmup_requests:
                     self.ctx.emit(Phase.WARMUP, contestant=run.key, launch=run.index)
@@ -245,7 +245,7 @@ class RoundRunner:
                     count = max(workload.warmup_requests, concurrency)
                     warmup = self.prompts.block(Purpose.WARMUP, concurrency, 0, count)
                     _raise_fault(await load.run_block(warmup, concurrency))
-                for block in range(workload.blocks_per_level):
+                for block in range(workload.blocks_at(concurrency)):
                     prompts = self._block(concurrency, block)
                     result = await load.run_block(prompts, concurrency)
                     run.blocks.append((concurrency, block, result))
@@ -273,7 +273,7 @@ class RoundRunner:
         )
 
     def _block(self, concurrency: int, block: int) -> tuple[Prompt, ...]:
-        count = self.spec.workload.prompts_per_block
+        count = self.spec.workload.prompts_at(concurrency)
         return self.prompts.block(Purpose.MEASURE, concurrency, block, count)
 
     def _launches(self, runs: Sequence[_LaunchRun]) -> list[Launch]:

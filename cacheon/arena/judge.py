@@ -26,7 +26,15 @@ from cacheon.arena.measure import (
 )
 from cacheon.arena.params import ArenaParams
 from cacheon.arena.standings import Crown, Holder, Transition
-from cacheon.arena.verdict import Bounds, Call, Decision, bounds, contestant_sigma, decide
+from cacheon.arena.verdict import (
+    Bounds,
+    Call,
+    Decision,
+    LaunchNoise,
+    bounds,
+    contestant_sigma,
+    look,
+)
 from cacheon.protocol import (
     Attribution,
     ContestantResult,
@@ -114,9 +122,9 @@ class Judgement:
 @dataclass(frozen=True)
 class RoundJudgement:
     round_id: str
-    sigma: float
-    """The pooled launch-noise bound the round was judged with (log scale); a contestant with
-    enough launches of its own is judged with its own spread when that is larger."""
+    noise: LaunchNoise
+    """The launch noise the round was judged with; each contestant is judged with
+    `contestant_sigma` of it and its own launches."""
     void: ReasonCode | None = None
     """Why the round compared nobody; its judgements are then NO_DECISIONs and FAILs."""
     detail: str = ""
@@ -144,7 +152,7 @@ def judge(
     job: JobSpec,
     result: RoundResult,
     params: ArenaParams,
-    sigma: float,
+    noise: LaunchNoise,
     history: History,
 ) -> RoundJudgement:
     """Every contestant's judgement in the round `job` described and `result` reports."""
@@ -152,22 +160,22 @@ def judge(
     report = result.report
     if report is None:
         reason = result.failure or ReasonCode.AGENT_FAILED
-        return _voided(job, entrants, reason, result.detail, sigma=sigma, history=history)
+        return _voided(job, entrants, reason, result.detail, noise=noise, history=history)
     broken = _baseline_problem(job, report)
     if broken is not None:
         # If the pinned baseline cannot run, nothing that failed after it can be blamed on an
         # image: the pod or the validator's setup is at fault.
         return _voided(
-            job, entrants, ReasonCode.BASELINE_UNSTABLE, broken, sigma=sigma, history=history
+            job, entrants, ReasonCode.BASELINE_UNSTABLE, broken, noise=noise, history=history
         )
 
-    measured = measure_round(job, report, sigma)
+    measured = measure_round(job, report, noise.core)
     results = {r.key: r for r in report.results}
     roster = Roster.from_job(job)
     copies = behavioural_copies(roster, report) if measured.void is None else frozenset()
     rules = _Rules(
         params,
-        sigma,
+        noise,
         history,
         measured,
         opponent="the leader" if roster.leader is not None else "the baseline",
@@ -181,7 +189,7 @@ def judge(
         for entrant in entrants
     )
     return RoundJudgement(
-        job.round_id, sigma, void=measured.void, pairs=measured.pairs, judgements=judgements
+        job.round_id, noise, void=measured.void, pairs=measured.pairs, judgements=judgements
     )
 
 
@@ -190,7 +198,7 @@ class _Rules:
     """The judgement of a contestant the agent passed: copies, then speed."""
 
     params: ArenaParams
-    sigma: float
+    noise: LaunchNoise
     history: History
     measured: RoundEvidence
     opponent: str
@@ -201,7 +209,7 @@ class _Rules:
     def judge(self, entrant: _Entrant, result: ContestantResult) -> Judgement:
         digest = entrant.holder.digest
         total = _joined(self.history.vs_baseline.get(digest), self.measured.vs_baseline, digest)
-        sigma = self.sigma if total is None else contestant_sigma(self.sigma, total)
+        sigma = contestant_sigma(self.noise, total)
         passed = Judgement(
             entrant.key,
             entrant.holder,
@@ -227,11 +235,7 @@ class _Rules:
         if increment is None:
             detail = f"not compared: {self.opponent} did not run cleanly before and after it"
             return replace(passed, reason=ReasonCode.PENDING, detail=detail)
-        prior = self.history.tests.get(digest)
-        spread = increment
-        if prior is not None and prior.against == increment.against:
-            spread = prior.plus(increment)
-        decision = decide(prior, increment, contestant_sigma(self.sigma, spread), self.params)
+        decision = look(self.history.tests.get(digest), increment, self.noise, self.params)
         return replace(
             passed,
             reason=CALL_REASON[decision.call],
@@ -324,7 +328,7 @@ def _voided(
     reason: ReasonCode,
     detail: str,
     *,
-    sigma: float,
+    noise: LaunchNoise,
     history: History,
 ) -> RoundJudgement:
     """A round that compared nobody: NO_DECISION for every challenger, the leader unchanged."""
@@ -333,7 +337,7 @@ def _voided(
         for entrant in entrants
         if entrant.role is Role.CHALLENGER
     )
-    return RoundJudgement(job.round_id, sigma, void=reason, detail=detail, judgements=judged)
+    return RoundJudgement(job.round_id, noise, void=reason, detail=detail, judgements=judged)
 
 
 def _own_outcome(

@@ -1,10 +1,13 @@
 """Synthetic challenger lifetimes, to measure the verdict rules under noise before trusting them.
 
 Each lifetime plays rounds laid out as the agent runs them (B, L, C, L', B'), draws every launch
-and block from a noise model, and feeds the results through the same comparison and decision
-code the validator uses, until the challenger is crowned or ruled not faster. The naive rule it
-is set against is the first arena's: one launch each, crown if the ratio exceeds 1 + moat.
-Randomness comes only from the generator passed in, so a table is reproducible from its seed.
+and block from a noise model (offsets, block noise, drift, a share of outlier launches), and
+feeds the results through the same comparison and decision code the validator uses, with the
+launch noise estimated online from the simulated B/B' pairs exactly as the validator estimates it
+(`noise_bound`), never from the known value, until the challenger is crowned or ruled not faster.
+The naive rule it is set against is the first arena's: one launch each, crown if the ratio
+exceeds 1 + moat. Randomness comes only from the generator passed in, so a table is reproducible
+from its seed. Whole seasons, with their costs, are `season.py`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from typing import Final
 
 from cacheon.arena.measure import Entry, Evidence, Roster, TimedSpeed, compare
 from cacheon.arena.params import ArenaParams
-from cacheon.arena.verdict import Call, decide, pooled_sigma
-from cacheon.protocol import Digest, Workload
+from cacheon.arena.standings import Contender, Crown, Holder, Standings, advance
+from cacheon.arena.verdict import Call, look, noise_bound
+from cacheon.protocol import Block, Digest, Hotkey, Workload
 
 SPEEDUPS: Final = (0.0, 0.005, 0.02, 0.03, 0.05)
 """True speedups over the leader in the table: an exact copy, a tie within the moat, real wins."""
@@ -27,8 +31,8 @@ POWER_TARGET: Final = 0.9
 
 _WORKLOAD = Workload()
 _BLOCKS_PER_LAUNCH: Final = len(_WORKLOAD.concurrencies) * _WORKLOAD.blocks_per_level
-_HISTORY_ROUNDS: Final = 16
-"""Rounds of bookend pairs already in the noise history when a lifetime starts."""
+_HISTORY_ROUNDS: Final = 64
+"""Rounds whose B/B' pairs are already in the noise history when a lifetime starts."""
 _LEADER_LOG_SPEED: Final = math.log(1.2)
 _ROSTER: Final = Roster(
     baseline=Entry("B", Digest("sha256:" + "b" * 64)),
@@ -50,6 +54,15 @@ class Noise:
     """Change of every server's speed per launch slot within a round (clocks, heat)."""
     position_bias: float = 0.0
     """What a challenger reads faster merely from its place in the run order."""
+    outliers: float = 0.0
+    """Share of launches that are outliers (a pod hiccup, a noisy neighbour): heavy tails."""
+    outlier_scale: float = 0.10
+    """Standard deviation of an outlier launch's extra offset."""
+
+    def launch_offset(self, rng: random.Random) -> float:
+        """One launch's own offset: normal, or from the outliers' wider normal."""
+        scale = self.outlier_scale if rng.random() < self.outliers else self.launch
+        return rng.gauss(0.0, scale)
 
 
 @dataclass(frozen=True)
@@ -95,7 +108,7 @@ def _launch(rng: random.Random, log_speed: float, slot: int, noise: Noise) -> fl
     # Blocks carry equal requests, so the launch's log speed takes the mean of its blocks' noise,
     # drawn here in one go: the mean of n normal draws is normal with sigma / sqrt(n).
     blocks = rng.gauss(0.0, noise.block / math.sqrt(_BLOCKS_PER_LAUNCH))
-    return log_speed + rng.gauss(0.0, noise.launch) + noise.drift * slot + blocks
+    return log_speed + noise.launch_offset(rng) + noise.drift * slot + blocks
 
 
 def _round(rng: random.Random, speedup: float, noise: Noise) -> list[TimedSpeed]:
@@ -107,30 +120,103 @@ def _round(rng: random.Random, speedup: float, noise: Noise) -> list[TimedSpeed]
     ]
 
 
+def baseline_history(
+    rng: random.Random, noise: Noise, rounds: int = _HISTORY_ROUNDS
+) -> list[float]:
+    """The B/B' pairs of `rounds` earlier rounds, as the validator's noise history holds them."""
+    first, last = 0, len(_LAYOUT) - 1
+    return [_launch(rng, 0.0, last, noise) - _launch(rng, 0.0, first, noise) for _ in range(rounds)]
+
+
 def lifetime(
     rng: random.Random, speedup: float, noise: Noise, params: ArenaParams
 ) -> tuple[bool, int]:
     """One challenger from first launch to verdict: (crowned, challenger launches spent)."""
     digest = _ROSTER.challengers[0].digest
-    history = [
-        _launch(rng, log_speed, last, noise) - _launch(rng, log_speed, first, noise)
-        for _ in range(_HISTORY_ROUNDS)
-        for log_speed, first, last in ((0.0, 0, 4), (_LEADER_LOG_SPEED, 1, 3))
-    ]
+    history = baseline_history(rng, noise)
     evidence: Evidence | None = None
     spent = 0
     while spent < 4 * params.max_launches:  # voided rounds cost a launch but are not looks
-        sigma = pooled_sigma(history, params.sigma_floor)
-        measured = compare(_ROSTER, _round(rng, speedup, noise), sigma)
+        launch_noise = noise_bound(history, params)
+        measured = compare(_ROSTER, _round(rng, speedup, noise), launch_noise.core)
         history.extend(measured.pairs)
         spent += 1
         if measured.void is not None:
             continue
-        decision = decide(evidence, measured.tests[digest], sigma, params)
+        decision = look(evidence, measured.tests[digest], launch_noise, params)
         if decision.call is not Call.PENDING:
             return decision.call is Call.CROWNED, spent
         evidence = decision.evidence
     return False, spent
+
+
+def two_crowns(
+    rng: random.Random,
+    noise: Noise,
+    params: ArenaParams,
+    *,
+    slower: float = 0.067,
+    faster: float = 0.21,
+    arrives: int = 4,
+    rounds: int = 40,
+) -> bool:
+    """Whether the faster of two challengers ends up leading (DESIGN.md §4.5).
+
+    The slower one (`slower` over the leader) has been pending for `arrives - 1` rounds when the
+    faster one arrives; both may crown in one round. The standings machine (`advance`) installs
+    one crown, by that round's direct comparison, and the other stays pending against the new
+    leader; the season goes on until nobody is pending against whoever leads.
+    """
+    truth = {"L0": 0.0, "C1": math.log1p(slower), "C2": math.log1p(faster)}
+    holders = {key: Holder(Hotkey(key), Digest("sha256:" + tag * 64)) for key, tag in
+               (("L0", "1"), ("C1", "2"), ("C2", "3"))}  # fmt: skip
+    keys = {holder.digest: key for key, holder in holders.items()}
+    standings = Standings(holders["L0"])
+    history = baseline_history(rng, noise)
+    evidence: dict[str, Evidence | None] = {"C1": None, "C2": None}
+    decided: set[str] = set()
+    for index in range(rounds):
+        leader = keys[standings.leader.digest] if standings.leader else "L0"
+        entered = [k for k in ("C1", "C2") if k not in decided and k != leader]
+        if index + 1 < arrives:
+            entered = [k for k in entered if k == "C1"]
+        elif not entered:
+            break
+        if not entered:
+            continue  # the faster one has not arrived yet
+        roster = Roster(
+            _ROSTER.baseline,
+            Entry("L", holders[leader].digest),
+            tuple(Entry(k, holders[k].digest) for k in entered),
+        )
+        layout = ["B", "L", *entered, "L", "B"]
+        true = {"B": 0.0, "L": _LEADER_LOG_SPEED + truth[leader]}
+        true.update({k: _LEADER_LOG_SPEED + truth[k] for k in entered})
+        runs = [
+            TimedSpeed(k, slot, _launch(rng, true[k], slot, noise)) for slot, k in enumerate(layout)
+        ]
+        launch_noise = noise_bound(history, params)
+        measured = compare(roster, runs, launch_noise.core)
+        history.extend(measured.pairs)
+        if measured.void is not None:
+            continue
+        crowns = []
+        for k in entered:
+            increment = measured.tests[holders[k].digest]
+            decision = look(evidence[k], increment, launch_noise, params)
+            evidence[k] = decision.evidence
+            if decision.call is Call.CROWNED:
+                crowns.append(Crown(holders[k], increment.against, decision.bounds.lower,
+                                    increment.mean))  # fmt: skip
+            elif decision.call is Call.NOT_FASTER:
+                decided.add(k)
+        field = [Contender(h, Block(i), True, None) for i, h in enumerate(holders.values())]
+        moved = advance(standings, field, crowns, frozenset(holders[k].hotkey for k in truth),
+                        _ROSTER.baseline.digest)  # fmt: skip
+        if moved.standings.leader != standings.leader and moved.standings.leader is not None:
+            decided.add(keys[moved.standings.leader.digest])
+        standings = moved.standings
+    return standings.leader == holders["C2"]
 
 
 def naive(rng: random.Random, speedup: float, noise: Noise, params: ArenaParams) -> bool:

@@ -54,35 +54,55 @@ def _kept(values: list[float]) -> list[float]:
     return [value for value in values if abs(value - centre) <= cut]
 
 
-def sigma_bound(pairs: Iterable[float], params: ArenaParams) -> float:
-    """The launch noise decisions use: an upper confidence bound on sigma_L from B/B' pairs.
+@dataclass(frozen=True)
+class LaunchNoise:
+    """The launch noise decisions use (log scale), both as upper confidence bounds on sigma_L."""
 
-    Only the pinned baseline's pairs count (no miner can tune it). The spread is robust to the
-    odd wild launch (`pooled_sigma`), and the bound is the chi-square one on the pooled variance
-    at `sigma_confidence`: with few pairs it sits well above the estimate (3.1x at 3 pairs,
-    1.2x at 30 at 0.9) and it shrinks as pairs accumulate, so a short or lucky history cannot crown on
-    noise. Until `MIN_PAIRS` pairs exist the noise is assumed to be `sigma_prior`.
+    core: float
+    """From the baseline pairs within OUTLIER_SIGMAS of their median: the pod's usual noise."""
+    tail: float
+    """From every pair, outliers included (never below `core`). A contestant with fewer than
+    OWN_SPREAD_LAUNCHES launches is judged with it: with one or two launches nobody can tell
+    an outlier launch from a real gain, so a single lucky launch must not crown a copy."""
+
+    @classmethod
+    def known(cls, sigma: float) -> LaunchNoise:
+        """A noise given from outside (a validator's published value, a simulation's truth)."""
+        return cls(sigma, sigma)
+
+
+def noise_bound(pairs: Iterable[float], params: ArenaParams) -> LaunchNoise:
+    """The launch noise from B/B' pairs: chi-square upper confidence bounds on sigma_L.
+
+    Only the pinned baseline's pairs count (no miner can tune it). Each bound is the chi-square
+    one on the pooled variance at `sigma_confidence`: with few pairs it sits well above the
+    estimate (3.1x at 3 pairs, 1.3x at 16, 1.15x at 64 at 0.9) and it shrinks as pairs
+    accumulate, so a short or lucky history cannot crown on noise. Until `MIN_PAIRS` pairs exist
+    the noise is assumed to be `sigma_prior`; `sigma_floor` is a hard minimum throughout.
     """
     values = list(pairs)
-    if len(values) < MIN_PAIRS:
-        return max(params.sigma_floor, params.sigma_prior)
-    kept = _kept(values)
+    kept = _kept(values) if len(values) >= MIN_PAIRS else []
     if len(kept) < MIN_PAIRS:
-        return max(params.sigma_floor, params.sigma_prior)
-    mean = math.fsum(kept) / len(kept)
-    squares = math.fsum((value - mean) ** 2 for value in kept)
-    df = len(kept) - 1
-    variance = squares / chi2_quantile(1 - params.sigma_confidence, df)
+        prior = max(params.sigma_floor, params.sigma_prior)
+        return LaunchNoise(prior, prior)
+    core = _chi2_bound(kept, params)
+    return LaunchNoise(core, max(core, _chi2_bound(values, params)))
+
+
+def _chi2_bound(pairs: list[float], params: ArenaParams) -> float:
+    mean = math.fsum(pairs) / len(pairs)
+    squares = math.fsum((value - mean) ** 2 for value in pairs)
+    variance = squares / chi2_quantile(1 - params.sigma_confidence, len(pairs) - 1)
     return max(params.sigma_floor, math.sqrt(variance / 2))
 
 
-def contestant_sigma(pooled: float, evidence: Evidence | None) -> float:
-    """The noise one contestant is judged with: the pooled bound, or its own launches' spread
-    once it has OWN_SPREAD_LAUNCHES of them, whichever is larger (a noisy server is judged with
-    its own noise, never the quieter pod's)."""
+def contestant_sigma(noise: LaunchNoise, evidence: Evidence | None) -> float:
+    """The noise one contestant is judged with. Below OWN_SPREAD_LAUNCHES launches, the tail
+    bound; from then on the usual bound, or its own launches' spread when that is larger (a
+    noisy server, or one lucky launch, is judged with its own noise, never the quiet pod's)."""
     if evidence is None or evidence.launches < OWN_SPREAD_LAUNCHES or evidence.spread is None:
-        return pooled
-    return max(pooled, evidence.spread / math.sqrt(LAUNCH_VARIANCE_UNITS))
+        return noise.tail
+    return max(noise.core, evidence.spread / math.sqrt(LAUNCH_VARIANCE_UNITS))
 
 
 def chi2_quantile(p: float, df: int) -> float:
@@ -205,3 +225,14 @@ def decide(
     else:
         call = Call.PENDING
     return Decision(call, evidence, Bounds(evidence.mean, lower, upper), level)
+
+
+def look(
+    prior: Evidence | None, increment: Evidence, noise: LaunchNoise, params: ArenaParams
+) -> Decision:
+    """One look as the validator takes it: `decide` with the noise this challenger is judged
+    with (`contestant_sigma` over all its launches against this opponent)."""
+    spread = increment
+    if prior is not None and prior.against == increment.against:
+        spread = prior.plus(increment)
+    return decide(prior, increment, contestant_sigma(noise, spread), params)

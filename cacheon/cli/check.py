@@ -33,14 +33,15 @@ from cacheon.arena import (
     ArenaParams,
     History,
     Judgement,
+    LaunchNoise,
     Listing,
     RoundResult,
     Screened,
     Submission,
     Unlisted,
     judge,
+    noise_bound,
     screen,
-    sigma_bound,
     with_listing,
 )
 from cacheon.chain.commitments import ImageRef, Rejection, parse_reference
@@ -153,9 +154,13 @@ async def check(settings: Settings, args: argparse.Namespace, out: Console) -> i
         f"  baseline {args.baseline_server or checked.baseline}\n"
         f"  leader {checked.leader or '(none: the image is compared with the baseline)'}\n"
         f"  seed {checked.seed}\n"
-        f"  launches {' '.join(job.launch_order)}; concurrencies"
-        f" {list(checked.workload.concurrencies)}, {checked.workload.prompts_per_block}"
-        f" prompts per block, max_tokens {checked.workload.max_tokens}",
+        f"  launches {' '.join(job.launch_order)}; "
+        + ", ".join(
+            f"{w.blocks_at(c)}x{w.prompts_at(c)} prompts at concurrency {c}"
+            for w in [checked.workload]
+            for c in w.concurrencies
+        )
+        + f", max_tokens {checked.workload.max_tokens}",
         highlight=False,
         soft_wrap=True,
     )
@@ -186,10 +191,12 @@ async def check(settings: Settings, args: argparse.Namespace, out: Console) -> i
     render.launches(out, job, run.report)
     render.gate_checks(out, run.gate.get(CONTESTANT), checked.gate)
     params = arena_params(settings.arena)
-    sigma = sigma_bound((), params) if args.sigma is None else max(args.sigma, params.sigma_floor)
-    mine = judgement(job, run.report, params, sigma)
+    noise = noise_bound((), params)
+    if args.sigma is not None:
+        noise = LaunchNoise.known(max(args.sigma, params.sigma_floor))
+    mine = judgement(job, run.report, params, noise)
     source = "given with --sigma" if args.sigma is not None else NOISE_PRIOR
-    render.verdict(out, mine, sigma, source)
+    render.verdict(out, mine, noise.core, source)
     out.print(f"report, traces and server logs: {args.out}", highlight=False)
     return 0 if mine.outcome is Outcome.PASS else EXIT_FAILED
 
@@ -198,13 +205,13 @@ def judgement(
     job: JobSpec,
     report: RoundReport,
     params: ArenaParams,
-    sigma: float,
+    noise: LaunchNoise,
     history: History | None = None,
 ) -> Judgement:
     """The image's judgement, by the validator's own function (`arena.judge`); the history is
     empty unless given (a check is a new submission's first round)."""
     result = RoundResult(job.round_id, report)
-    mine = judge(job, result, params, sigma, history or History()).of(CONTESTANT)
+    mine = judge(job, result, params, noise, history or History()).of(CONTESTANT)
     if mine is None:
         raise CheckFailed(f"the round judged no {CONTESTANT}; this is a bug in the check")
     return mine
@@ -281,7 +288,7 @@ class ProgressContext:
         self.job_dir = job_dir
         self.progress = progress
         self.order = job.launch_order
-        self.blocks = len(job.workload.concurrencies) * job.workload.blocks_per_level
+        self.blocks = sum(job.workload.blocks_at(c) for c in job.workload.concurrencies)
         self.tasks: dict[int, TaskID] = {}
         self.failed: set[int] = set()
 

@@ -97,6 +97,8 @@ class Daemon:
             concurrencies=tuple(w.concurrencies),
             prompts_per_block=w.prompts_per_block,
             blocks_per_level=w.blocks_per_level,
+            level_prompts=tuple(w.level_prompts),
+            level_blocks=tuple(w.level_blocks),
             warmup_requests=w.warmup_requests,
             max_tokens=w.max_tokens,
             request_timeout_s=w.request_timeout_s,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 
 from cacheon import __version__
-from cacheon.arena import ArenaParams, Holder, bounds, sigma_bound
+from cacheon.arena import ArenaParams, Holder, bounds, noise_bound
 from cacheon.protocol import (
     Hotkey,
     JobSpec,
@@ -39,7 +39,7 @@ def build_public_report(
     uids: Mapping[Hotkey, Uid],
     last_round: RoundRecord | None,
 ) -> PublicReport:
-    sigma = sigma_bound(state.noise_pairs(), params)
+    sigma = noise_bound(state.noise_pairs(), params).core
     _, standings = state.standings()
     images = {(r.submission.hotkey, r.submission.digest): r.image for r in state.submissions()}
 

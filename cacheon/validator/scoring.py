@@ -18,14 +18,16 @@ from cacheon.arena import (
     History,
     Holder,
     Judgement,
+    LaunchNoise,
     RoundJudgement,
     RoundResult,
     Standings,
     advance,
     bounds,
+    contestant_sigma,
     judge,
+    noise_bound,
     settle,
-    sigma_bound,
 )
 from cacheon.protocol import Block, Digest, FileFingerprint, Hotkey, JobSpec, Outcome, Role
 from cacheon.validator.state import EvidenceKind, EvidenceRow, ScoredRound, ValidatorState, Verdict
@@ -45,8 +47,8 @@ class Scoring:
         standings: Standings,
         registered: Collection[Hotkey],
     ) -> ScoredRound:
-        sigma = sigma_bound(self.state.noise_pairs(), self.params)
-        judged = judge(job, result, self.params, sigma, self.history(job, standings))
+        noise = noise_bound(self.state.noise_pairs(), self.params)
+        judged = judge(job, result, self.params, noise, self.history(job, standings))
         behaves = tuple(
             (j.holder.digest, j.behaves_like)
             for j in judged.judgements
@@ -57,7 +59,7 @@ class Scoring:
             [self._verdict(j, job.round_id) for j in judged.verdicts],
             judged,
             behaves,
-            sigma,
+            noise,
         )
         moved = advance(standings, contenders, judged.crowns, registered, self.baseline)
         judged = settle(judged, moved)
@@ -118,7 +120,7 @@ class Scoring:
         new_verdicts: Iterable[Verdict],
         judged: RoundJudgement,
         new_behaves: tuple[tuple[Digest, Digest], ...],
-        sigma: float,
+        noise: LaunchNoise,
     ) -> list[Contender]:
         """Every submission still in the running with its latest decisive verdict."""
         latest: dict[Holder, Verdict] = {}
@@ -142,6 +144,7 @@ class Scoring:
             evidence = measured.get(holder.digest) or self.state.evidence(
                 holder.digest, EvidenceKind.BASELINE
             )
+            sigma = contestant_sigma(noise, evidence)
             lower = None if evidence is None else bounds(evidence, sigma, self.params.alpha).lower
             behaves = self.state.behaves_like(holder.digest) | {
                 leader for digest, leader in new_behaves if digest == holder.digest

@@ -15,7 +15,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict
 
-from cacheon.arena import Evidence, bounds, sigma_bound
+from cacheon.arena import Evidence, bounds, noise_bound
 from cacheon.protocol import (
     Digest,
     Hotkey,
@@ -284,7 +284,7 @@ def submissions(daemon: DaemonView, hotkey: str) -> SubmissionsView | None:
     mine = [r for r in state.submissions() if r.submission.hotkey == hotkey]
     if not mine:
         return None
-    sigma = sigma_bound(state.noise_pairs(), daemon.params)
+    sigma = noise_bound(state.noise_pairs(), daemon.params).core
     alpha = daemon.params.alpha
     _, places = state.standings()
     roles = {

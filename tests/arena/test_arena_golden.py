@@ -16,6 +16,7 @@ from cacheon.arena import (
     Evidence,
     History,
     Holder,
+    LaunchNoise,
     Loss,
     RoundResult,
     Standings,
@@ -80,9 +81,9 @@ class Validator:
         for entry in {h for h, _, _ in runs if h is not None}:
             self.passing[entry] = entry not in failed
             self.first_seen.setdefault(entry, len(self.first_seen))
-        sigma = pooled_sigma(self.pairs, self.params.sigma_floor)
+        noise = LaunchNoise.known(pooled_sigma(self.pairs, self.params.sigma_floor))
         history = History(dict(self.tests), dict(self.vs_baseline))
-        judged = judge(job, RoundResult("r", report), self.params, sigma, history)
+        judged = judge(job, RoundResult("r", report), self.params, noise, history)
         assert judged.void is None
         self.pairs.extend(judged.pairs)
         for j in judged.judgements:
@@ -96,7 +97,7 @@ class Validator:
                 h,
                 Block(self.first_seen[h]),
                 ok,
-                bounds(self.vs_baseline[h.digest], sigma, self.params.alpha).lower
+                bounds(self.vs_baseline[h.digest], noise.core, self.params.alpha).lower
                 if h.digest in self.vs_baseline
                 else None,
                 self.behaves_like.get(h.digest, frozenset()),

@@ -20,7 +20,7 @@ from cacheon.arena import (
     RoundResult,
     Standings,
     Submission,
-    sigma_bound,
+    noise_bound,
 )
 from cacheon.cli import check_render
 from cacheon.cli.check import judgement
@@ -46,7 +46,7 @@ from cacheon.validator.scoring import Scoring
 from cacheon.validator.state import SubmissionRecord, ValidatorState, Verdict
 
 PARAMS = ArenaParams(0.01, 0.01, 8, 0.02, 4, 0, 0.8)
-SIGMA = sigma_bound((), PARAMS)  # what both paths use with no noise history and no --sigma
+NOISE = noise_bound((), PARAMS)  # what both paths use with no noise history and no --sigma
 BASE = "registry.test/base@sha256:" + "b" * 64
 LEADER = "registry.test/leader@sha256:" + "1" * 64
 MINE = "registry.test/mine@sha256:" + "2" * 64
@@ -240,7 +240,7 @@ def _validator(tmp_path: Path, job: JobSpec, result: RoundResult) -> tuple[objec
 
 def _printed_verdict(judged: Judgement) -> tuple[str, str]:
     console = Console(record=True, width=200)
-    check_render.verdict(console, judged, SIGMA, "the prior")
+    check_render.verdict(console, judged, NOISE.core, "the prior")
     line = next(x for x in console.export_text().splitlines() if x.startswith("verdict: "))
     found = re.match(r"verdict: (\S+) ?(\S*)", line)
     assert found is not None
@@ -252,7 +252,7 @@ def test_validator_and_check_judge_alike(case: Case, tmp_path: Path) -> None:
     job = _job(case)
     report = _report(job, case)
     validator = _validator(tmp_path, job, RoundResult(job.round_id, report))
-    checked = judgement(job, report, PARAMS, SIGMA)
+    checked = judgement(job, report, PARAMS, NOISE)
     assert (checked.outcome, checked.reason) == case.expect
     assert validator == (
         checked.outcome,
