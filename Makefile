@@ -27,10 +27,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-lint: venv
+lint: venv system
 	@$(TIMED) "ruff check" $(BIN)/ruff check .
 	@$(TIMED) "ruff format --check" $(BIN)/ruff format --check .
 	@$(TIMED) "import contracts" $(BIN)/lint-imports
+	@$(TIMED) "promtool check rules" promtool check rules deploy/prometheus-alerts.yml
+	@$(TIMED) "promtool test rules" promtool test rules deploy/prometheus-alerts.test.yml
 
 typecheck: venv
 	@$(TIMED) "mypy --strict cacheon" $(BIN)/mypy --strict cacheon

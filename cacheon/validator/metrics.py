@@ -4,7 +4,8 @@ Nothing in the loop updates a gauge: every value is read when Prometheus asks, f
 state and public report the API serves, so a metric can never disagree with /api/status or go
 stale while the loop is wedged (the timestamps then age, which is what an alert wants). The
 collector lives in the web server's own registry, not prometheus-client's global one, so two
-daemons in one process (tests) never share or collide on metrics.
+daemons in one process (tests) never share or collide on metrics. The registry also holds the
+standard process metrics (`process_start_time_seconds`, which the restart alert watches).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from cacheon.chain.weights import WeightsStatus
@@ -34,6 +36,8 @@ class Snapshot:
     status: StatusView
     rounds: dict[str, int]
     verdicts: dict[tuple[str, str], int]
+    last_scored_at: float | None
+    """When the latest scored round ended."""
     reveals_missed: int
 
     @classmethod
@@ -44,8 +48,15 @@ class Snapshot:
             (str(outcome), str(reason or "")): n
             for (outcome, reason), n in state.verdict_counts().items()
         }
+        scored = [
+            r.ended_at
+            for r in state.rounds(limit=50)
+            if r.state is RoundState.SCORED and r.ended_at is not None
+        ]
         missed = state.weights_counts().get(WeightsStatus.REVEAL_MISSED.value, 0)
-        return cls(await check(daemon), status(daemon), rounds, verdicts, missed)
+        return cls(
+            await check(daemon), status(daemon), rounds, verdicts, max(scored, default=None), missed
+        )
 
 
 class DaemonCollector(Collector):
@@ -112,6 +123,12 @@ class DaemonCollector(Collector):
         for (outcome, reason), count in sorted(snap.verdicts.items()):
             verdicts.add_metric([outcome, reason], count)
         yield verdicts
+        if snap.last_scored_at is not None:
+            yield _gauge(
+                "cacheon_round_last_scored_timestamp_seconds",
+                "Unix time the latest scored round ended",
+                snap.last_scored_at,
+            )
         yield _gauge(
             "cacheon_round_in_progress", "1 while a round is planned or running",
             int(ops.next_round.in_progress is not None),
@@ -204,4 +221,5 @@ def registry() -> tuple[CollectorRegistry, DaemonCollector]:
     collector = DaemonCollector()
     own = CollectorRegistry(auto_describe=False)
     own.register(collector)
+    ProcessCollector(registry=own)
     return own, collector

@@ -109,6 +109,7 @@ def test_a_revealed_commit_and_a_missed_one(tmp_path: Path) -> None:
     assert metrics["cacheon_weights_reveals_missed_total"] == 1
     assert metrics["cacheon_weights_status{revealed}"] == 1
     assert metrics["cacheon_weights_status{reveal_missed}"] == 0
+    assert metrics["process_start_time_seconds"] > 0
     daemon.parts.db.close()
 
 
