@@ -4,12 +4,15 @@ A miner builds against words, the agent measures against code: if the two drift 
 fail for reasons they were never told. So the words live here, once. `docs/miner-guide.md`
 copies `CONTRACT_TEXT` verbatim (a test checks), and tests check that the example request is
 byte for byte what the load generator sends and that the example chunk is what its stream parser
-accepts. This module is pure: no I/O.
+accepts. The stream limits are numbers here and in the agent's framer (`agent/framing.py`,
+which cannot import this module: the agent imports only the protocol); a test keeps them equal.
+This module is pure: no I/O.
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Any, Final
 
 from cacheon.protocol import CONTRACT_VERSION
@@ -61,8 +64,40 @@ EXAMPLE_CHUNK: Final[dict[str, Any]] = {
 """One token event of the stream; the last token event carries `"finish_reason"` instead of null."""
 
 
+EVENTS_PER_TOKEN: Final = 4
+EVENTS_PER_RESPONSE: Final = 16
+NON_DATA_LINES_PER_TOKEN: Final = 4
+NON_DATA_LINES_PER_RESPONSE: Final = 16
+READS_PER_TOKEN: Final = 4
+READS_PER_RESPONSE: Final = 16
+BYTES_PER_TOKEN: Final = 8 << 10
+BYTES_PER_RESPONSE: Final = 64 << 10
+MAX_EVENT_BYTES: Final = 1 << 20
+"""What one response may cost the client (the stream limits), for n streamed tokens: at most
+`X_PER_TOKEN * n + X_PER_RESPONSE` of each X, and no event above `MAX_EVENT_BYTES`."""
+
+
 def _json_block(value: dict[str, Any]) -> str:
     return "```json\n" + json.dumps(value, indent=2) + "\n```"
+
+
+_STREAM_LIMITS: Final = textwrap.fill(
+    "**Stream limits.** What a response may cost the validator's client is bounded, so that no"
+    " server can make the client the thing measured. With n the tokens a response streams, it"
+    f" may carry at most {EVENTS_PER_TOKEN}n + {EVENTS_PER_RESPONSE} events (every event"
+    " counts: data, comment-only `:` events, any other field), at most"
+    f" {NON_DATA_LINES_PER_TOKEN}n + {NON_DATA_LINES_PER_RESPONSE} lines that are not `data:`"
+    " lines (comments, `event:`, `id:`, `retry:`) and at most"
+    f" {BYTES_PER_TOKEN // 1024} KiB x n + {BYTES_PER_RESPONSE // 1024} KiB of bytes; it must"
+    f" arrive in at most {READS_PER_TOKEN}n + {READS_PER_RESPONSE} reads (write each event at"
+    f" once, never byte by byte); no single event may exceed {MAX_EVENT_BYTES >> 20} MiB. While"
+    " a response streams, the same limits hold with n = `max_tokens`. vLLM streams one event or"
+    " fewer, no comment line and about 1 kB per token. A response beyond any limit fails the"
+    " launch with `bad_response`, its numbers in the detail. Every token id, streamed or among"
+    " the `top_logprobs`, must be below the model's `vocab_size` (its `config.json` at"
+    " `MODEL_PATH`); any other id fails the launch with `conformance`.",
+    width=96,
+)
 
 
 CONTRACT_TEXT: Final = f"""\
@@ -105,6 +140,8 @@ are the raw log-softmax of the model's logits before any sampling processor (vLL
 `--logprobs-mode`). Role-only or empty chunks are allowed and time nothing.
 
 {_json_block(EXAMPLE_CHUNK)}
+
+{_STREAM_LIMITS}
 
 **Measured.** The clock of a request starts when its bytes are sent. Output tokens are the token
 ids received, never `usage` and never re-tokenised text.

@@ -2,15 +2,18 @@
 
 The client must never be what is measured (DESIGN.md §4.3). So the hot path does the least it
 can: one keep-alive aiohttp pool with no connection cap per worker process, one
-`perf_counter_ns` stamp per socket read, SSE framing by byte search, and nothing else; JSON is
-parsed after the block (`response.parse`). Load is sharded over processes before one saturates,
-and each worker reports its CPU share and event-loop lag for every block, so a block measured
-while the client was saturated is marked and discarded by the validator.
+`perf_counter_ns` stamp per socket read, SSE framing by byte search (`framing`), and nothing
+else; JSON is parsed after the block (`response.parse`), where each stream is also held to the
+contract's limits for the tokens it actually streamed and its token ids to the model's
+vocabulary. Load is sharded over processes before one saturates, and each worker reports its
+CPU share and event-loop lag for every block, so the round knows when a block was measured
+while the client was saturated (it re-measures it, `remeasure`).
 
 Workers join the server's network namespace (`setns`) before they open a socket: a contestant
 runs with `--network none` and is reachable only on its own loopback (DESIGN.md §4.8). Every
-response is bounded in time (`request_timeout_s`), in bytes per event and in bytes overall, so a
-hostile server ends in a fault, never a hang.
+response is bounded in time (`request_timeout_s`) and in what it may cost the client (events,
+lines, reads and bytes: `framing`), so a hostile server ends in its own fault, never in a hang
+or a saturated client.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import os
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from types import SimpleNamespace
 from typing import Any, Final
 
 import aiohttp
 
+from cacheon.agent.framing import Framer, StreamStats
 from cacheon.agent.response import Event, Response, ResponseFault, parse
 from cacheon.agent.workload import Prompt, request_body
 from cacheon.log import get_logger
@@ -39,11 +43,8 @@ from cacheon.protocol import ReasonCode
 
 STREAMS_PER_WORKER: Final = 32
 """Concurrent streams one worker process takes before the load is sharded over another; one
-process parses 50-90k events per CPU-second, far above 32 streams of a 72B model."""
-MAX_EVENT_BYTES: Final = 1 << 20
-"""A single server-sent event larger than this is a fault (64 tokens with logprobs are ~40 KiB)."""
-RESPONSE_BYTES_PER_TOKEN: Final = 16 << 10
-"""Bytes a response may carry per requested token (plus one MAX_EVENT_BYTES) before it faults."""
+process parses 50-90k events per CPU-second, far above 32 streams of a 72B model, even at the
+four events a token the contract allows."""
 LAG_TICK_NS: Final = 5_000_000
 CLIENT_CPU_LIMIT: Final = 0.85
 """A worker busy this share of a block's wall time was saturated."""
@@ -52,8 +53,6 @@ CLIENT_LAG_P50_LIMIT_NS: Final = 2_000_000
 spikes (the p99, reported) come from a shared host as often as from the client."""
 TIMER_SLACK_NS: Final = 1_000_000
 """epoll rounds timer waits up to whole milliseconds; that slack is not lag (reads wake at once)."""
-EXTRA_EVENTS: Final = 64
-"""Events a response may carry beyond one per requested token (role, usage, [DONE], empty)."""
 START_MARGIN_NS: Final = 50_000_000
 """Workers receive a block this long before its common start, their barrier."""
 CLONE_NEWNET: Final = 0x40000000
@@ -79,6 +78,19 @@ class Measured:
     response: Response | None
     reason: ReasonCode | None = None
     detail: str = ""
+
+
+@dataclass
+class Framed:
+    """One response as the hot path left it: its events, what framing them cost, its fault."""
+
+    framer: Framer
+    events: list[Event] = field(default_factory=list)
+    fault: ResponseFault | None = None
+
+    @property
+    def stats(self) -> StreamStats:
+        return self.framer.stats
 
 
 @dataclass(frozen=True)
@@ -123,17 +135,28 @@ class WorkerLost(Exception):
 class LoadGenerator:
     """Worker processes bound to one server; an async context manager."""
 
-    def __init__(self, target: Target, model: str, workers: int, request_timeout_s: float) -> None:
+    def __init__(
+        self,
+        target: Target,
+        model: str,
+        workers: int,
+        request_timeout_s: float,
+        *,
+        vocab_size: int | None = None,
+    ) -> None:
+        """`vocab_size`: token ids must be below it (the model's `config.json`); None checks
+        nothing (a bench's scripted server, whose ids are timestamps)."""
         self.target = target
         self.model = model
         self.request_timeout_s = request_timeout_s
+        self.workers = workers
         context = multiprocessing.get_context("spawn")
         self._workers: list[tuple[Any, Connection]] = []
         for _ in range(workers):
             parent_end, child_end = context.Pipe()
             process = context.Process(
                 target=_worker_main,
-                args=(child_end, target, model),
+                args=(child_end, target, model, vocab_size),
                 daemon=True,
                 name="cacheon-load",
             )
@@ -179,9 +202,13 @@ class LoadGenerator:
         status: int | None = await self._call(0, ("health", timeout_s), timeout_s + 10)
         return status
 
-    async def run_block(self, prompts: Sequence[Prompt], concurrency: int) -> BlockResult:
-        """Send `prompts` closed-loop at `concurrency`, all workers starting together."""
-        used = min(len(self._workers), workers_for(concurrency), len(prompts))
+    async def run_block(
+        self, prompts: Sequence[Prompt], concurrency: int, *, shards: int | None = None
+    ) -> BlockResult:
+        """Send `prompts` closed-loop at `concurrency`, all workers starting together, over
+        `shards` worker processes (default `workers_for(concurrency)`; at most one a stream)."""
+        wanted = workers_for(concurrency) if shards is None else shards
+        used = min(len(self._workers), wanted, len(prompts), concurrency)
         start_at = time.perf_counter_ns() + START_MARGIN_NS
         bodies = [(i, request_body(p, self.model), p.max_tokens) for i, p in enumerate(prompts)]
         shares = [
@@ -221,19 +248,22 @@ def join_network_namespace(pid: int) -> None:
         os.close(fd)
 
 
-def _worker_main(conn: Connection, target: Target, model: str) -> None:
+def _worker_main(conn: Connection, target: Target, model: str, vocab_size: int | None) -> None:
     if target.netns_pid is not None:
         join_network_namespace(target.netns_pid)
     gc.collect()
     gc.freeze()
-    asyncio.run(_Worker(conn, target, model).serve())
+    asyncio.run(_Worker(conn, target, model, vocab_size).serve())
 
 
 class _Worker:
-    def __init__(self, conn: Connection, target: Target, model: str) -> None:
+    def __init__(
+        self, conn: Connection, target: Target, model: str, vocab_size: int | None
+    ) -> None:
         self.conn = conn
         self.target = target
         self.model = model
+        self.vocab_size = vocab_size
         self.url = target.base_url.rstrip("/") + "/v1/chat/completions"
 
     async def serve(self) -> None:
@@ -275,14 +305,15 @@ class _Worker:
         timeout_s: float,
     ) -> tuple[list[Measured], ClientLoad]:
         queue = deque(bodies)
-        raw: list[tuple[int, int, list[Event], ResponseFault | None, int]] = []
+        raw: list[tuple[int, int, Framed, int]] = []
         tasks: list[asyncio.Task[None]] = []
 
         async def stream() -> None:
             while queue:
                 index, body, max_tokens = queue.popleft()
-                sent, events, fault = await self._request(session, body, max_tokens, timeout_s)
-                raw.append((index, sent, events, fault, max_tokens))
+                sent, framed = await self._request(session, body, max_tokens, timeout_s)
+                raw.append((index, sent, framed, max_tokens))
+                fault = framed.fault
                 if fault is not None:  # the launch fails: do not wait out the other deadlines
                     queue.clear()
                     for task in tasks:
@@ -308,41 +339,33 @@ class _Worker:
         )
         return [self._parse(*item) for item in raw], load
 
-    def _parse(
-        self,
-        index: int,
-        sent: int,
-        events: list[Event],
-        fault: ResponseFault | None,
-        max_tokens: int,
-    ) -> Measured:
+    def _parse(self, index: int, sent: int, framed: Framed, max_tokens: int) -> Measured:
         try:
-            if fault is not None:
-                raise fault
-            return Measured(index, sent, parse(sent, events, self.model, max_tokens))
+            if framed.fault is not None:
+                raise framed.fault
+            response = parse(sent, framed.events, self.model, max_tokens, self.vocab_size)
+            framed.stats.check(len(response.token_ids))
+            return Measured(index, sent, response)
         except ResponseFault as exc:
             return Measured(index, sent, None, exc.reason, exc.detail)
 
     async def _request(
         self, session: aiohttp.ClientSession, body: bytes, max_tokens: int, timeout_s: float
-    ) -> tuple[int, list[Event], ResponseFault | None]:
-        events: list[Event] = []
+    ) -> tuple[int, Framed]:
+        framed = Framed(Framer(max_tokens))
         # The clock starts when the request's bytes go out (§4.3), not while it waits for a
         # connection; the trace hook overwrites this stamp at that moment.
         stamp = {"sent": time.perf_counter_ns()}
-        fault = await self._exchange(
-            session, body, max_tokens, timeout_s, events=events, stamp=stamp
-        )
-        return stamp["sent"], events, fault
+        framed.fault = await self._exchange(session, body, timeout_s, framed=framed, stamp=stamp)
+        return stamp["sent"], framed
 
     async def _exchange(
         self,
         session: aiohttp.ClientSession,
         body: bytes,
-        max_tokens: int,
         timeout_s: float,
         *,
-        events: list[Event],
+        framed: Framed,
         stamp: dict[str, int],
     ) -> ResponseFault | None:
         try:
@@ -364,7 +387,7 @@ class _Worker:
                             f"content-type {response.content_type!r}, not text/event-stream",
                         )
                         return fault
-                    await _read_events(response, events, max_tokens)
+                    await _read_events(response, framed)
         except TimeoutError:
             fault = ResponseFault(
                 ReasonCode.BAD_RESPONSE, f"no complete response within {timeout_s:g}s"
@@ -386,46 +409,11 @@ async def _stamp_sent(
         context.trace_request_ctx["sent"] = time.perf_counter_ns()
 
 
-async def _read_events(
-    response: aiohttp.ClientResponse, events: list[Event], max_tokens: int
-) -> None:
-    """Frame the SSE stream into `events`, stamping each with the read that completed it."""
-    limit = max_tokens * RESPONSE_BYTES_PER_TOKEN
-    max_events = max_tokens + EXTRA_EVENTS
-    buffer = b""
-    total = 0
+async def _read_events(response: aiohttp.ClientResponse, framed: Framed) -> None:
+    """Frame the SSE stream into `framed.events`, stamping each with the read that completed it."""
     async for chunk in response.content.iter_any():
-        now = time.perf_counter_ns()
-        total += len(chunk)
-        if total > limit + MAX_EVENT_BYTES:
-            raise ResponseFault(ReasonCode.BAD_RESPONSE, f"the response exceeds {limit} bytes")
-        buffer += chunk
-        while (end := buffer.find(b"\n\n")) >= 0:
-            data = _data(buffer[:end])
-            buffer = buffer[end + 2 :]
-            if data is not None:
-                events.append(Event(now, data))
-                if data == b"[DONE]":
-                    return
-                if len(events) > max_events:
-                    raise ResponseFault(
-                        ReasonCode.BAD_RESPONSE,
-                        f"more than {max_events} events for max_tokens={max_tokens}",
-                    )
-        if len(buffer) > MAX_EVENT_BYTES:
-            raise ResponseFault(
-                ReasonCode.BAD_RESPONSE, f"an event exceeds {MAX_EVENT_BYTES} bytes"
-            )
-
-
-def _data(block: bytes) -> bytes | None:
-    """The data of one SSE event, or None for a comment-only event."""
-    if block.startswith(b"data: ") and b"\n" not in block:
-        return block[6:]
-    lines = [line for line in block.split(b"\n") if line.startswith(b"data:")]
-    if not lines:
-        return None
-    return b"\n".join(line[6:] if line.startswith(b"data: ") else line[5:] for line in lines)
+        if framed.framer.feed(chunk, time.perf_counter_ns(), framed.events):
+            return
 
 
 async def _lag_monitor(lags: list[int]) -> None:

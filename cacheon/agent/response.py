@@ -6,12 +6,19 @@ are the `token_id:<id>` entries of `choices[0].logprobs.content`, never `usage` 
 re-tokenised text; an event with no such entry (a role-only or empty chunk) carries no token and
 times nothing. Any break of the miner contract (DESIGN.md §4.2) raises `ResponseFault` with the
 reason the launch fails with.
+
+Token ids are checked against the model's vocabulary here, as they are parsed: an id the model
+does not have is the contestant's `conformance` failure at once, rather than a request the
+baseline refuses later in teacher forcing, where it would have to be told apart from the
+baseline's own failure.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 
@@ -68,7 +75,24 @@ class Response:
         )
 
 
-def parse(sent_ns: int, events: Sequence[Event], model: str, max_tokens: int) -> Response:
+def read_vocab_size(model_dir: Path) -> int | None:
+    """The model's vocabulary size from its `config.json`; None when it declares none."""
+    path = model_dir / "config.json"
+    if not path.exists():
+        return None
+    value = json.loads(path.read_text()).get("vocab_size")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def parse(
+    sent_ns: int,
+    events: Sequence[Event],
+    model: str,
+    max_tokens: int,
+    vocab_size: int | None = None,
+) -> Response:
+    """The response the events make up; `vocab_size` bounds every token id, reported and
+    alternative (None: the ids are not checked against a vocabulary)."""
     token_events: list[TokenEvent] = []
     ids: list[int] = []
     logprobs: list[float] = []
@@ -88,7 +112,7 @@ def parse(sent_ns: int, events: Sequence[Event], model: str, max_tokens: int) ->
         entries = _entries(choice)
         text.append(_content(choice))
         for entry in entries:
-            token, logprob, top = _token(entry)
+            token, logprob, top = _token(entry, vocab_size)
             ids.append(token)
             logprobs.append(logprob)
             tops.append(top)
@@ -165,10 +189,13 @@ def _entries(choice: dict[str, object]) -> list[object]:
     return content
 
 
-def _token(entry: object) -> tuple[int, float, tuple[tuple[int, float], ...]]:
+def _token(
+    entry: object, vocab_size: int | None
+) -> tuple[int, float, tuple[tuple[int, float], ...]]:
     if not isinstance(entry, dict):
         raise ResponseFault(ReasonCode.BAD_RESPONSE, "a logprobs entry is not an object")
-    token, logprob = _token_id(entry.get("token")), _logprob(entry.get("logprob"))
+    token = _token_id(entry.get("token"), vocab_size)
+    logprob = _logprob(entry.get("logprob"))
     top = entry.get("top_logprobs")
     if not isinstance(top, list) or len(top) != 5:
         raise ResponseFault(ReasonCode.CONFORMANCE, "top_logprobs does not hold 5 entries")
@@ -176,17 +203,23 @@ def _token(entry: object) -> tuple[int, float, tuple[tuple[int, float], ...]]:
     for item in top:
         if not isinstance(item, dict):
             raise ResponseFault(ReasonCode.BAD_RESPONSE, "a top_logprobs entry is not an object")
-        pairs.append((_token_id(item.get("token")), _logprob(item.get("logprob"))))
+        pairs.append((_token_id(item.get("token"), vocab_size), _logprob(item.get("logprob"))))
     return token, logprob, tuple(pairs)
 
 
-def _token_id(token: object) -> int:
+def _token_id(token: object, vocab_size: int | None) -> int:
     if isinstance(token, str) and token.startswith(TOKEN_PREFIX):
         digits = token[len(TOKEN_PREFIX) :]
         # ASCII only and bounded: `int` refuses '²' (which `isdigit` accepts) and over 4300
         # digits with a ValueError that would kill the load worker and void the round
         if digits.isascii() and digits.isdigit() and len(digits) <= MAX_TOKEN_ID_DIGITS:
-            return int(digits)
+            value = int(digits)
+            if vocab_size is not None and value >= vocab_size:
+                raise ResponseFault(
+                    ReasonCode.CONFORMANCE,
+                    f"token id {value} is outside the model's vocabulary of {vocab_size}",
+                )
+            return value
     raise ResponseFault(ReasonCode.CONFORMANCE, f"token {str(token)[:40]!r} is not `token_id:<id>`")
 
 
