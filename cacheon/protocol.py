@@ -378,6 +378,10 @@ class LevelMeasurement(_Model):
     speed: float  # geometric mean of 1/T_k over the block's requests, in 1/s
     requests: int
     client_saturated: bool = False
+    remeasured: int = 0
+    """Times the block was measured again because a load worker saturated while every stream
+    kept the contract's limits (the client's fault, not the server's); `client_saturated` is
+    the last attempt's."""
     # reported beside the speed (medians over the block's requests), never scored
     ttft_s: float | None = None
     itl_s: float | None = None
