@@ -7,8 +7,15 @@ response, for a behavioural copy (DESIGN.md §4.6).
 
 The baseline runs with `--network none` and is reachable only on its own loopback, so the
 scoring client runs in a worker process that joins the baseline's network namespace, as the load
-generator's workers do. A baseline that cannot score makes the pass NO_DECISION for everyone
-scored, never a contestant's failure.
+generator's workers do.
+
+Whose fault a failure of the pass is (DESIGN.md §3): a response whose tokens the baseline refuses
+while it answers a control request (`teacher.ResponseRefused`) fails that contestant with
+`conformance`, and the pass goes on with the next launch. A baseline that cannot score stops the
+pass: every contestant not yet judged is NO_DECISION `baseline_unstable`, and a verdict reached
+before it stands. Nothing else escapes either: a failure of the pass itself (a bug, the worker
+process lost) is NO_DECISION `agent_failed` for everyone not yet judged, never a round without a
+report.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from cacheon.agent.teacher import (
     BaselineError,
     Cost,
     Messages,
+    ResponseRefused,
     Teacher,
     eos_token_ids,
     response_from_stream,
@@ -90,14 +98,19 @@ def launch_outputs(
     return LaunchOutputs(index, key, role, tuple(responses))
 
 
-def baseline_lengths(launches: Sequence[LaunchOutputs]) -> dict[str, int]:
-    """Output tokens per prompt in the first baseline launch that measured it."""
-    lengths: dict[str, int] = {}
+def baseline_tokens(launches: Sequence[LaunchOutputs]) -> dict[str, tuple[int, ...]]:
+    """Token ids per prompt in the first baseline launch that measured it."""
+    tokens: dict[str, tuple[int, ...]] = {}
     for launch in launches:
         if launch.role is Role.BASELINE:
             for r in launch.responses:
-                lengths.setdefault(r.key, len(r.tokens))
-    return lengths
+                tokens.setdefault(r.key, tuple(t.token for t in r.tokens))
+    return tokens
+
+
+def baseline_lengths(launches: Sequence[LaunchOutputs]) -> dict[str, int]:
+    """Output tokens per prompt in the first baseline launch that measured it."""
+    return {key: len(ids) for key, ids in baseline_tokens(launches).items()}
 
 
 def _enter(netns_pid: int | None) -> None:
@@ -106,8 +119,8 @@ def _enter(netns_pid: int | None) -> None:
 
 
 @dataclass(frozen=True)
-class _Work:
-    """What the scoring worker needs (it is pickled to the worker process)."""
+class Work:
+    """What the pass needs (it is pickled to the scoring worker process)."""
 
     base_url: str
     model: str
@@ -116,29 +129,70 @@ class _Work:
     thresholds: GateThresholds
     eos_ids: frozenset[int]
     seed: str
+    controls: Mapping[str, Sequence[int]]
+    """The baseline's own token ids per prompt: the control request of a refusal."""
 
 
-def _score_all(work: _Work) -> tuple[list[list[ResponseScore]], Cost]:
+@dataclass(frozen=True)
+class LaunchScore:
+    """One launch's part of the pass: its scores, or the refusal that fails its contestant."""
+
+    index: int
+    scores: tuple[ResponseScore, ...] = ()
+    refused: str | None = None
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What the pass returns: the launches it scored, in order, and why it stopped short of the
+    others (None: it scored them all)."""
+
+    launches: tuple[LaunchScore, ...]
+    cost: Cost
+    stopped: Verdict | None = None
+
+
+async def score_launches(teacher: Teacher, work: Work) -> Scored:
+    """Score `work.launches` in order, one contestant's refusal failing only that contestant,
+    the baseline's own failure (or any other) stopping the pass where it happened."""
+    cache: dict[str, list[int]] = {}
+    failed: set[str] = set()
+    done: list[LaunchScore] = []
+    for launch in work.launches:
+        if launch.key in failed:
+            continue  # its first failing launch speaks for it
+        try:
+            scores = await score_responses(
+                teacher,
+                launch.responses,
+                work.prompts,
+                work.thresholds,
+                eos_ids=work.eos_ids,
+                seed=f"{work.seed}/{launch.index}",
+                prompt_ids=cache,
+                controls=work.controls,
+            )
+        except ResponseRefused as exc:
+            failed.add(launch.key)
+            done.append(LaunchScore(launch.index, refused=str(exc)))
+            continue
+        except BaselineError as exc:
+            stop = Verdict(Outcome.NO_DECISION, ReasonCode.BASELINE_UNSTABLE, str(exc))
+            return Scored(tuple(done), teacher.cost, stop)
+        except Exception as exc:  # a bug in scoring decides nothing for anyone
+            stop = Verdict(Outcome.NO_DECISION, ReasonCode.AGENT_FAILED, f"scoring: {exc!r}")
+            return Scored(tuple(done), teacher.cost, stop)
+        done.append(LaunchScore(launch.index, tuple(scores)))
+    return Scored(tuple(done), teacher.cost)
+
+
+def _score_all(work: Work) -> Scored:
     """Runs in the worker process; it returns what it measured and logs nothing (its stdout
     would mix with the agent's progress lines)."""
 
-    async def main() -> tuple[list[list[ResponseScore]], Cost]:
+    async def main() -> Scored:
         async with aiohttp.ClientSession() as session:
-            teacher = Teacher(session, work.base_url, work.model)
-            cache: dict[str, list[int]] = {}
-            out = [
-                await score_responses(
-                    teacher,
-                    launch.responses,
-                    work.prompts,
-                    work.thresholds,
-                    eos_ids=work.eos_ids,
-                    seed=f"{work.seed}/{launch.index}",
-                    prompt_ids=cache,
-                )
-                for launch in work.launches
-            ]
-            return out, teacher.cost
+            return await score_launches(Teacher(session, work.base_url, work.model), work)
 
     return asyncio.run(main())
 
@@ -158,17 +212,27 @@ async def correctness_pass(
     if not scored:
         return {}
     try:
-        eos_ids = eos_token_ids(model_dir)
+        work = Work(
+            baseline.base_url,
+            model,
+            tuple(scored),
+            prompts,
+            thresholds,
+            eos_token_ids(model_dir),
+            seed,
+            baseline_tokens(launches),
+        )
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(1, context, _enter, (baseline.netns_pid,)) as pool:
-            work = _Work(
-                baseline.base_url, model, tuple(scored), prompts, thresholds, eos_ids, seed
-            )
-            scores, cost = await asyncio.get_running_loop().run_in_executor(pool, _score_all, work)
+            done = await asyncio.get_running_loop().run_in_executor(pool, _score_all, work)
     except BaselineError as exc:
-        log.warning("the baseline could not score", error=str(exc))
-        unstable = Verdict(Outcome.NO_DECISION, ReasonCode.BASELINE_UNSTABLE, str(exc))
-        return {launch.key: unstable for launch in scored}
+        done = Scored(
+            (), Cost(), Verdict(Outcome.NO_DECISION, ReasonCode.BASELINE_UNSTABLE, str(exc))
+        )
+    except Exception as exc:  # the worker lost, say: the round still reports
+        stop = Verdict(Outcome.NO_DECISION, ReasonCode.AGENT_FAILED, f"scoring: {exc!r}")
+        done = Scored((), Cost(), stop)
+    cost = done.cost
     log.info(
         "teacher forcing done",
         requests=cost.requests,
@@ -178,26 +242,44 @@ async def correctness_pass(
         parse_s=round(cost.parse_s, 2),
         skipped=len(cost.skipped),
     )
-    return _verdicts(scored, scores, baseline_lengths(launches), thresholds)
+    if done.stopped is not None:
+        log.warning(
+            "teacher forcing stopped", reason=done.stopped.reason, error=done.stopped.detail
+        )
+    return _verdicts(scored, done, baseline_lengths(launches), thresholds)
 
 
 def _verdicts(
     scored: Sequence[LaunchOutputs],
-    scores: Sequence[Sequence[ResponseScore]],
+    done: Scored,
     base_lengths: Mapping[str, int],
     thresholds: GateThresholds,
 ) -> dict[str, Verdict]:
+    """Judge the launches the pass scored; a contestant is judged once all its launches were
+    scored or one of them failed, and is the pass's `stopped` verdict otherwise."""
     leader = next((launch for launch in scored if launch.role is Role.LEADER), None)
+    by_index = {launch.index: launch for launch in scored}
     verdicts: dict[str, Verdict] = {}
-    for launch, launch_scores in zip(scored, scores, strict=True):
+    for part in done.launches:
+        launch = by_index[part.index]
         if verdicts.get(launch.key, Verdict(Outcome.PASS)).outcome is not Outcome.PASS:
             continue  # its first failing launch speaks for it
+        if part.refused is not None:
+            detail = f"launch {launch.index}: {part.refused}"
+            verdicts[launch.key] = Verdict(Outcome.FAIL, ReasonCode.CONFORMANCE, detail)
+            continue
         lengths = {r.key: len(r.tokens) for r in launch.responses}
-        result = judge(launch_scores, lengths, base_lengths, thresholds)
+        result = judge(part.scores, lengths, base_lengths, thresholds)
         copy_of = verdicts.get(launch.key, Verdict(Outcome.PASS)).copy_of
         if leader is not None and launch.key != leader.key and copy_of is None:
             share = behavioural_copy_share(launch.responses, leader.responses)
             copy_of = leader.key if share >= thresholds.copy_share else None
         detail = f"launch {launch.index}: {result.detail}" if result.reason else ""
         verdicts[launch.key] = Verdict(result.outcome, result.reason, detail, copy_of, result)
+    if done.stopped is not None:
+        judged = {part.index for part in done.launches}
+        for launch in scored:
+            failed = verdicts.get(launch.key, Verdict(Outcome.PASS)).outcome is Outcome.FAIL
+            if launch.index not in judged and not failed:
+                verdicts[launch.key] = done.stopped
     return verdicts

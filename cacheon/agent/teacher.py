@@ -13,8 +13,16 @@ and 8-16 µs of client parsing per position, so responses to prompts longer than
 `score_prompt_cap` tokens are scored on a seeded sample (`select_scored`), and `Cost` reports
 what scoring took (the round logs it).
 
-Errors: `BaselineError` when the baseline does not answer well after retries. That is never the
-contestant's fault (the round reports NO_DECISION, baseline_unstable).
+Errors, and whose they are. A request that carries only what the validator chose (the prompt's
+`/tokenize`) and fails after retries is the baseline's: `BaselineError`, NO_DECISION for every
+contestant not yet judged. A request that carries a contestant's tokens can also fail because of
+those tokens (an id the baseline's tokenizer lacks, a sequence it cannot score), so when one
+fails the teacher asks the baseline a control request, the same prompt with the baseline's own
+answer to it (or bare, when it gave none): if the baseline answers that, the contestant's
+request is tried once more and, failing again, is the contestant's (`ResponseRefused`, its FAIL
+with the baseline's answer in the detail); if it does not, the baseline is down. Requests run
+concurrently, but their failures come out one at a time, never as an `ExceptionGroup`, and the
+baseline's own failure wins over a refusal seen beside it.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -61,6 +69,13 @@ Messages = Sequence[tuple[str, str]]
 
 class BaselineError(Exception):
     """The baseline failed to tokenize or score; the round cannot judge correctness."""
+
+
+class ResponseRefused(BaselineError):
+    """The baseline would not score one response's tokens, twice, while it answered a control
+    request between the two: the response's fault, not the baseline's. A `BaselineError` for
+    callers that score only reference servers' own answers (calibration); the gate catches it
+    first."""
 
 
 def response_from_stream(key: str, max_tokens: int, parsed: stream.Response) -> Response:
@@ -120,7 +135,7 @@ def parse_completion(body: bytes, prompt_len: int, output: Sequence[int]) -> Ref
             )
             positions.append(RefPosition(float(entry[str(token)]["logprob"]), tuple(top)))
         after = _top_pairs(choice["logprobs"]["top_logprobs"][0])
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise BaselineError(f"unexpected /v1/completions answer: {exc!r}"[:300]) from exc
     return Reference(tuple(positions), after)
 
@@ -165,14 +180,14 @@ class Teacher:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.attempts),
             wait=wait_exponential(multiplier=0.5, max=8),
-            retry=retry_if_exception_type((aiohttp.ClientError, TimeoutError, _Retryable)),
+            retry=retry_if_exception_type(_TRANSIENT),
             reraise=True,
         )
         try:
             async for attempt in retrying:
                 with attempt:
                     return await self._post_once(path, body)
-        except (aiohttp.ClientError, TimeoutError, _Retryable) as exc:
+        except _TRANSIENT as exc:
             raise BaselineError(f"baseline {path}: {exc!r}"[:300]) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
 
@@ -239,6 +254,10 @@ class _Retryable(Exception):
     """A 5xx from the baseline: worth another attempt."""
 
 
+_TRANSIENT = (aiohttp.ClientError, OSError, TimeoutError, _Retryable)
+"""Failures worth another attempt at the same request (a reset connection, a 5xx)."""
+
+
 def select_scored(
     prompt_lens: Mapping[str, int], thresholds: GateThresholds, seed: str
 ) -> frozenset[str]:
@@ -264,34 +283,94 @@ async def score_responses(
     eos_ids: frozenset[int],
     seed: str,
     prompt_ids: dict[str, list[int]] | None = None,
+    controls: Mapping[str, Sequence[int]] | None = None,
     concurrency: int = 4,
 ) -> list[ResponseScore]:
     """Teacher-forces the selected responses and scores each; `prompt_ids` caches tokenized
-    prompts across the launches of a round (every contestant gets the same prompts)."""
-    cache = prompt_ids if prompt_ids is not None else {}
-    gate = asyncio.Semaphore(concurrency)
+    prompts across the launches of a round (every contestant gets the same prompts), `controls`
+    holds the baseline's own token ids per prompt, the control request of a refusal.
 
-    async def ids_of(key: str) -> list[int]:
+    Raises `ResponseRefused` when the baseline refuses a response's tokens but answers a control
+    request, `BaselineError` when it fails on its own."""
+    cache = prompt_ids if prompt_ids is not None else {}
+    own = controls or {}
+
+    async def ids_of(key: str) -> None:
         if key not in cache:
             cache[key] = await teacher.tokenize_chat(prompts[key])
-        return cache[key]
 
-    async with asyncio.TaskGroup() as group:
-        for key in {r.key for r in responses}:
-            group.create_task(_limited(gate, ids_of(key)))
+    await _each([ids_of(key) for key in dict.fromkeys(r.key for r in responses)], concurrency)
     chosen = select_scored({r.key: len(cache[r.key]) for r in responses}, thresholds, seed)
     checked = text_sample([r.key for r in responses if r.text is not None], thresholds, seed)
     teacher.cost.skipped.extend(r.key for r in responses if r.key not in chosen)
 
     async def one(r: Response) -> ResponseScore:
         ids = [t.token for t in r.tokens]
-        ref = await teacher.reference(cache[r.key], ids) if ids else Reference((), ())
-        text = await teacher.detokenize(_visible(ids, eos_ids)) if r.key in checked else None
+
+        async def control() -> None:
+            await teacher.reference(cache[r.key], own.get(r.key, ()))
+
+        ref = Reference((), ())
+        if ids:
+            ref = await _theirs(r.key, lambda: teacher.reference(cache[r.key], ids), control)
+        text = None
+        if r.key in checked:
+            visible = _visible(ids, eos_ids)
+            text = await _theirs(r.key, lambda: teacher.detokenize(visible), control)
         return score_response(r, ref, thresholds, eos_ids=eos_ids, detokenized=text)
 
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(_limited(gate, one(r))) for r in responses if r.key in chosen]
+    return await _each([one(r) for r in responses if r.key in chosen], concurrency)
+
+
+async def _theirs(
+    key: str, request: Callable[[], Awaitable[_T]], control: Callable[[], Awaitable[None]]
+) -> _T:
+    """A request that carries a contestant's tokens: its failure is the baseline's unless the
+    baseline answers `control` and then fails the request again."""
+    try:
+        return await request()
+    except BaselineError as first:
+        try:
+            await control()
+        except BaselineError as down:
+            raise BaselineError(
+                f"the baseline failed a control request after failing {key} ({first}): {down}"
+            ) from down
+        try:
+            return await request()
+        except BaselineError as again:
+            raise ResponseRefused(
+                f"the baseline refuses the tokens of response {key} twice ({again}) and"
+                " answers a control request on the same prompt between the two"
+            ) from again
+
+
+async def _each(work: Sequence[Coroutine[Any, Any, _T]], concurrency: int) -> list[_T]:
+    """Run `work`, `concurrency` at a time; the first failure cancels the rest and comes out as
+    one exception: the baseline's own failure if any, else a refusal, else the first other."""
+    gate = asyncio.Semaphore(concurrency)
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_limited(gate, w)) for w in work]
+    except ExceptionGroup as grouped:  # the TaskGroup's; cancellation is not grouped
+        raise _worst(grouped) from None
     return [t.result() for t in tasks]
+
+
+def _worst(grouped: ExceptionGroup[Exception]) -> Exception:
+    leaves = _leaves(grouped)
+    for kind in (BaselineError, ResponseRefused):
+        found = [e for e in leaves if type(e) is kind]
+        if found:
+            return found[0]
+    return leaves[0]
+
+
+def _leaves(grouped: ExceptionGroup[Exception]) -> list[Exception]:
+    out: list[Exception] = []
+    for exc in grouped.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, ExceptionGroup) else [exc])
+    return out
 
 
 def _visible(ids: Sequence[int], eos_ids: frozenset[int]) -> list[int]:
