@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import re
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import docker.errors
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+from rich.progress import Progress
 
 from cacheon.agent.check import (
     CONTESTANT,
@@ -56,6 +57,7 @@ from cacheon.protocol import (
     JobSpec,
     Outcome,
     Phase,
+    ProgressEvent,
     ReasonCode,
     RoundReport,
     TraceRecord,
@@ -64,6 +66,7 @@ from cacheon.protocol import (
     Workload,
 )
 from cacheon.validator.evaluation import arena_params
+from cacheon.validator.launch_bars import LaunchBars, progress_display
 from cacheon.validator.screening import list_image
 
 _HEX = re.compile(r"^[0-9a-f]{1,128}$")
@@ -271,10 +274,8 @@ async def _listing(image: str | None, role: str, warnings: list[str]) -> Listing
 async def _run_with_progress(
     job: JobSpec, urls: dict[str, str], job_dir: Path, out: Console
 ) -> CheckRun:
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=out
-    ) as progress:
-        ctx = ProgressContext(job_dir, progress, job)
+    with progress_display(out) as progress:
+        ctx = ProgressContext(job_dir, progress)
         async with local_runtime(job, urls) as runtime:
             run = await run_check(job, runtime, ctx)
         ctx.finish()
@@ -282,49 +283,18 @@ async def _run_with_progress(
 
 
 class ProgressContext:
-    """The round's progress as one bar per launch; traces are kept beside the report."""
+    """The round's progress as one bar per launch (the validator's `LaunchBars`); traces are
+    kept beside the report."""
 
-    def __init__(self, job_dir: Path, progress: Progress, job: JobSpec) -> None:
+    def __init__(self, job_dir: Path, progress: Progress) -> None:
         self.job_dir = job_dir
-        self.progress = progress
-        self.order = job.launch_order
-        self.blocks = sum(job.workload.blocks_at(c) for c in job.workload.concurrencies)
-        self.tasks: dict[int, TaskID] = {}
-        self.failed: set[int] = set()
+        self.bars = LaunchBars(progress)
 
     def emit(self, phase: Phase, **fields: object) -> None:
-        launch = fields.get("launch")
-        if not isinstance(launch, int):
-            return
-        task = self.tasks.get(launch)
-        if task is None:
-            self.finish()
-            task = self.progress.add_task(self._label(launch, phase.value), total=self.blocks)
-            self.tasks[launch] = task
-        what = {
-            Phase.PULL: f"pulling {fields.get('message', '')}",
-            Phase.WARMUP: "warming up",
-            Phase.MEASURE: "measuring",
-            Phase.SCORE: "scoring every image's outputs for correctness",
-            Phase.FAILED: f"failed: {fields.get('error', '')}",
-        }.get(phase, phase.value)
-        if phase is Phase.FAILED:
-            self.failed.add(launch)
-        done = fields.get("done")
-        self.progress.update(
-            task,
-            description=self._label(launch, what),
-            completed=done if isinstance(done, int) else None,
-        )
+        self.bars.show(ProgressEvent(ts=time.time(), phase=phase, **fields))
 
     def finish(self) -> None:
-        """Mark every launch that did not fail as done (a launch ends without an event)."""
-        for launch, task in self.tasks.items():
-            if launch not in self.failed:
-                self.progress.update(task, description=self._label(launch, "done"))
-
-    def _label(self, launch: int, what: str) -> str:
-        return f"launch {launch} {self.order[launch]:>2}: {what}"
+        self.bars.finish()
 
     async def upload_trace(self, records: Sequence[TraceRecord]) -> TraceRef:
         return write_trace(self.job_dir, records)

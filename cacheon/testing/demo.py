@@ -3,8 +3,9 @@
 Real services on loopback (dockerd, a registry, an sshd standing in for the GPU pod, SeaweedFS
 S3), the simulated chain with toy miners (fast, a second faster than the baseline, slow, a cheat,
 a copy of the fast one, a malformed commitment), and the real daemon, which rents the pod from a
-fake Lium, runs the agent over SSH, scores, publishes and sets weights. It ends by printing the
-leaderboard, the verdicts with their reasons, the weights on chain and where the page is.
+fake Lium, runs the agent over SSH, scores, publishes and sets weights, each step shown live
+(`demo_view`). It ends by printing the leaderboard, the verdicts with their reasons, the weights
+on chain and where the page is.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import sys
 import tempfile
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -23,6 +25,7 @@ from rich.table import Table
 from cacheon.log import configure_logging
 from cacheon.protocol import PublicReport, Uid
 from cacheon.store.db import Database
+from cacheon.testing.demo_view import DemoView
 from cacheon.testing.local_arena import NETUID, LocalArena, Services, start_services
 from cacheon.validator.assemble import build_parts, state_path
 from cacheon.validator.daemon import Daemon
@@ -52,10 +55,11 @@ def run_demo_on(services: Services, workdir: Path, console: Console) -> PublicRe
         settings = arena.settings()
         db = Database.open(state_path(settings))
         stack.callback(db.close)
-        daemon = Daemon(settings, build_parts(settings, db))
-        with console.status(
-            "the validator runs a round: rent the pod, bootstrap the agent, measure"
-        ):
+        names = {image: name for name, image in arena.images.items()}
+        view = DemoView(console, {arena.baseline_image: "baseline", **names})
+        daemon = Daemon(settings, replace(build_parts(settings, db), watcher=view))
+        console.print("The validator's pass, as it happens:")
+        with view:
             asyncio.run(_one_pass(daemon))
         chain = arena.devnet
         rounds = daemon.state.rounds(limit=1)

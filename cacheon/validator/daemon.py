@@ -46,6 +46,7 @@ from cacheon.validator.scoring import Scoring
 from cacheon.validator.screening import ManifestFetcher
 from cacheon.validator.state import RoundRecord, RoundState, ValidatorState
 from cacheon.validator.views import next_round
+from cacheon.validator.watch import RoundWatcher, Step
 from cacheon.validator.web import WebServer
 from cacheon.validator.weights import WeightsStep
 
@@ -85,6 +86,8 @@ class Parts:
     leases: PodLeases
     store: ObjectStore
     fetch_manifest: ManifestFetcher | None = None
+    watcher: RoundWatcher | None = None
+    """Who follows rounds as they happen (the demo's live view); the daemon itself only logs."""
 
 
 class Daemon:
@@ -110,7 +113,12 @@ class Daemon:
         poller_args = {} if parts.fetch_manifest is None else {"fetch": parts.fetch_manifest}
         self.poller = Poller(parts.chain, self.state, settings, self.version, **poller_args)
         self.runner = RoundRunner(
-            settings, db=parts.db, state=self.state, leases=parts.leases, store=parts.store
+            settings,
+            db=parts.db,
+            state=self.state,
+            leases=parts.leases,
+            store=parts.store,
+            watcher=parts.watcher,
         )
         self.scoring = Scoring(self.state, self.params, self.baseline)
         self.weights = WeightsStep(
@@ -122,6 +130,7 @@ class Daemon:
             settings.chain.network,
             settings.validator.weights_interval_blocks,
             settings.validator.weights_version_key,
+            watcher=parts.watcher,
         )
         self.hotkey = hotkey_address(parts.wallet)
         self.stopping = asyncio.Event()
@@ -303,6 +312,11 @@ class Daemon:
         log.info("round scored", round_id=job.round_id, void=scored.void, detail=scored.detail,
                  verdicts=[(v.hotkey, v.outcome.value, v.reason) for v in scored.verdicts],
                  changes=[(c.kind.value, c.holder.hotkey) for c in scored.changes])  # fmt: skip
+        if self.parts.watcher is not None:
+            outcome = (
+                f"void: {scored.detail}" if scored.void else f"{len(scored.verdicts)} verdicts"
+            )
+            self.parts.watcher.step(Step.SCORE, f"round {job.round_id}: {outcome}")
         await self._publish(chain, self.state.round(job.round_id))
 
     async def _publish(self, chain: ChainState, record: RoundRecord | None) -> None:

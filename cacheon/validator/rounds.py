@@ -55,6 +55,7 @@ from cacheon.store.objects import ObjectStore, ObjectStoreError
 from cacheon.validator.evaluation import round_salt, round_seed
 from cacheon.validator.handoff import ReportRejected, fetch_report, issue_round_key
 from cacheon.validator.state import RoundRecord, RoundState, SubmissionRecord, ValidatorState
+from cacheon.validator.watch import RoundWatcher, Step
 
 log = get_logger("cacheon.validator.rounds")
 
@@ -138,14 +139,17 @@ class RoundRunner:
         state: ValidatorState,
         leases: PodLeases,
         store: ObjectStore,
-        on_event: Callable[[ProgressEvent], None] | None = None,
+        watcher: RoundWatcher | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
         self._state = state
         self._leases = leases
         self._store = store
-        self._on_event = on_event
+        self._watcher = watcher
+        self._on_event: Callable[[ProgressEvent], None] | None = (
+            None if watcher is None else watcher.progress
+        )
         self._wheelhouse = Path(settings.validator.state_dir).expanduser() / "wheelhouse"
         package_snapshot()  # now, while the files on disk are the code this process loaded
         self._ssh = SshOptions(
@@ -157,12 +161,15 @@ class RoundRunner:
     async def run(self, plan: RoundPlan) -> RoundResult:
         round_id = plan.record.round_id
         key = issue_round_key(self._db, round_id)
+        pods = self._settings.pods
+        self._step(Step.RENT, f"a pod from {', '.join(pods.providers)}")
         try:
             lease = await self._leases.acquire(self._settings.workload.expected_round_hours)
         except BudgetExceeded as exc:
             return RoundResult(round_id, None, ReasonCode.BUDGET, str(exc))
         except PodError as exc:
             return RoundResult(round_id, None, ReasonCode.POD_LOST, str(exc))
+        self._step(Step.RENT, f"{lease.name} from {lease.provider}, {lease.price_per_hour:.2f}/h")
         spec = plan.job.model_copy(update={"uploads": self._slots(plan.job)})
         try:
             install = await self._prepare(lease)
@@ -170,6 +177,9 @@ class RoundRunner:
             def started(job: RemoteJob) -> None:
                 self._state.round_running(round_id, lease.name, job.job_dir, job.pid)
 
+            order = spec.launch_order
+            primed = (f"{k}'" if k in order[:i] else k for i, k in enumerate(order))
+            self._step(Step.LAUNCHES, " ".join(primed))
             outcome = await drive_job(
                 self._connector(lease),
                 install,
@@ -209,6 +219,7 @@ class RoundRunner:
     async def _prepare(self, lease: Lease, *, pull: bool = True) -> AgentInstall:
         """Agent installed, pod checked, model verified, baseline pulled (all cached per pod)."""
         settings = self._settings
+        self._step(Step.INSTALL, f"the agent on {lease.name} over SSH")
         session = await self._connector(lease)()
         try:
             install = await install_agent(
@@ -219,6 +230,8 @@ class RoundRunner:
                 python_sha256=settings.pods.python_sha256,
             )
             if pull:
+                model = settings.model
+                self._step(Step.PROVISION, f"{model.name}@{model.revision} and the baseline")
                 await check_pod(session, install, PodRequirements.from_settings(settings.model))
                 plan = fetch_plan(settings.model, settings.pods.agent_root, self._store)
                 await provision_model(session, install, plan, on_event=self._on_event)
@@ -226,6 +239,10 @@ class RoundRunner:
         finally:
             await session.close()
         return install
+
+    def _step(self, step: Step, detail: str) -> None:
+        if self._watcher is not None:
+            self._watcher.step(step, detail)
 
     def _connector(self, lease: Lease) -> Connector:
         target = lease.ssh

@@ -32,6 +32,7 @@ from cacheon.chain.weights import (
 from cacheon.log import get_logger
 from cacheon.protocol import Block, GateThresholds, Uid
 from cacheon.validator.state import SUCCESS, ValidatorState
+from cacheon.validator.watch import RoundWatcher, Step
 
 log = get_logger("cacheon.validator.weights")
 
@@ -78,6 +79,7 @@ class WeightsStep:
     network: str
     interval_blocks: int | None
     version_key: int = 0
+    watcher: RoundWatcher | None = None
 
     async def run(self, chain_state: ChainState) -> str:
         """Set weights if due; returns what happened (a WeightsStatus or a Skip value)."""
@@ -128,6 +130,12 @@ class WeightsStep:
         getattr(log, level)(
             "weights", status=result.status.value, detail=result.detail, vector=dict(vector)
         )
+        if self.watcher is not None:
+            shares = ", ".join(f"uid {uid} {share:.3f}" for uid, share in sorted(vector.items()))
+            burn = " (burn: no leader yet)" if standings.leader is None else ""
+            self.watcher.step(
+                Step.WEIGHTS, f"{result.status} at block {chain_state.block}: {shares}{burn}"
+            )
         return result.status.value
 
     async def _check_reveal(self, chain_state: ChainState) -> None:

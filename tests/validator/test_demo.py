@@ -31,6 +31,7 @@ def test_demo_prints_leaderboard_verdicts_and_weights(services: Services, tmp_pa
     out = io.StringIO()
     report = run_demo_on(services, tmp_path, Console(file=out, width=120))
     printed = out.getvalue()
+    _shows_each_step(printed.splitlines())
     assert report.leader is not None
     assert report.runner_up is not None
     for reason in (ReasonCode.CROWNED, ReasonCode.COPY_OF, ReasonCode.BAD_COMMITMENT):
@@ -39,3 +40,19 @@ def test_demo_prints_leaderboard_verdicts_and_weights(services: Services, tmp_pa
     assert "0.200" in printed
     page = (tmp_path / "leaderboard.html").read_text()
     assert report.leader.hotkey in page
+
+
+def _shows_each_step(lines: list[str]) -> None:
+    """The live view, printed once at its end on a console that is not a terminal: a row per
+    step with what came of it, a bar per launch (`B, C1…Cn, B'`)."""
+    done = [line.split()[1] for line in lines if line.startswith("✓ ")]
+    round_steps = [step for step in done if step != "weights"]
+    assert round_steps == ["rent", "install", "provision", "launches", "score"], lines
+    # weights are the loop's step: set to the burn uid while nobody leads, then after the round
+    assert done[-1] == "weights", lines
+    assert "uid 2 0.800" in next(line for line in reversed(lines) if line.startswith("✓ weights"))
+    launches = [line for line in lines if line.startswith("launch ")]
+    assert "B baseline" in launches[0], launches
+    assert "B' baseline" in launches[-1], launches
+    assert any(" fast " in line and "done" in line for line in launches), launches
+    assert any(" cheat " in line and "failed: conformance" in line for line in launches), launches
