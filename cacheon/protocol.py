@@ -193,7 +193,12 @@ class GateThresholds(_Model):
     """Correctness gate thresholds (DESIGN.md §4.4); provisional until calibrated."""
 
     eps_tie: float = 0.5
-    max_divergences: int = 4
+    divergence_rate: float = 0.02
+    """Near-tie divergences per scored token (a choice repeated in a loop counted once) that an
+    honest engine stays under: a response or a run with a count improbable at this rate..."""
+    divergence_alpha: float = 1e-6
+    """...by a one-sided binomial test at this significance fails greedy consistency. A rate,
+    not a count per response, so a server's verdict does not change with max_tokens."""
     delta: float = 0.3
     kl_mean: float = 0.05
     kl_p99: float = 0.5
@@ -206,14 +211,17 @@ class GateThresholds(_Model):
     fabrication_min_positions: int = 8
     """...once there are at least this many of them."""
     copy_share: float = 0.5
-    """Share of responses bit-identical to the leader's that flags a behavioural copy (§4.6)."""
+    """Share of responses identical to the leader's that flags a behavioural copy (§4.6)..."""
+    copy_logprob_tolerance: float = 2e-3
+    """...identical: the same token ids, and every reported logprob within this many nats of
+    the leader's, so a nudge of the last digits does not hide a copy."""
     score_prompt_cap: int = 4096
     """Responses to longer prompts are scored on a seeded sample: prompt_logprobs costs ~1.5 kB
     of JSON per prompt position, and vLLM builds it in Python."""
     long_prompt_sample: int = 8
     text_sample: int = 16
     """Responses per contestant whose streamed text is checked against their token ids."""
-    version: int = 0
+    version: int = 1
     provisional: bool = True
 
 
@@ -254,6 +262,9 @@ class JobSpec(_Model):
     round_deadline_s: float = 4 * 3600.0
     probe_seconds: float = Field(default=0.0, ge=0)
     """A probe job samples the GPUs (clocks, throttling) this long before it reports."""
+    base_layers: tuple[str, ...] = ()
+    """Diff ids of the base layers (the baseline's, reference and public images', §4.6): files
+    the agent fingerprints from them are not an image's own."""
 
 
 class ProgressEvent(_Model):

@@ -6,9 +6,11 @@ far below what a cheat produces (DESIGN.md §4.4). This runs the pinned baseline
 settings (each URL is one baseline instance, e.g. another `--max-num-seqs` or chunked-prefill
 choice, and each at several concurrencies), teacher-forces every response through the first
 URL, and reports the distributions the gate thresholds: per-token |Δlogprob|, per-token KL,
-divergences per response and the reference gap at each divergence. The suggestion is
-`SAFETY_MULTIPLE` times the 99.9th percentile (the maximum for the gap at divergences), never
-below a floor that keeps a bit-exact engine from yielding a zero threshold.
+the near-tie divergence rate (per scored token, the quantity greedy consistency bounds) and the
+reference gap at each divergence. The suggestion is `SAFETY_MULTIPLE` times the 99.9th
+percentile (the maximum for the gap at divergences, the worst setting's rate for the divergence
+rate), never below a floor that keeps a bit-exact engine from yielding a zero threshold; the
+report says how far the baseline's own rate sits below the threshold.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cacheon.agent.correctness import (
     judge,
     percentile,
 )
+from cacheon.agent.divergence import critical_count
 from cacheon.agent.loadgen import LoadGenerator, Target, workers_for
 from cacheon.agent.teacher import (
     Cost,
@@ -39,7 +42,7 @@ from cacheon.agent.workload import Prompt, PromptSource, Purpose
 from cacheon.protocol import GateThresholds, Workload
 
 SAFETY_MULTIPLE = 4.0
-FLOORS = {"delta": 0.05, "eps_tie": 0.1, "kl_mean": 1e-3, "kl_p99": 1e-2, "max_divergences": 2}
+FLOORS = {"delta": 0.05, "eps_tie": 0.1, "kl_mean": 1e-3, "kl_p99": 1e-2, "divergence_rate": 0.005}
 """Lowest suggestions: a deterministic engine drifts by 0, and a 0 threshold fails everyone."""
 
 
@@ -77,7 +80,9 @@ class SettingDrift:
     kl: Spread
     kl_mean: float
     divergences: Spread
-    """Per response: tokens that are not the reference argmax."""
+    """Per response: tokens that are not the reference argmax (a loop's repeat counted once)."""
+    divergence_rate: float
+    """Those divergences per scored token, over the setting: what greedy consistency bounds."""
     gap_at_divergence: Spread
     length_ratio: float
     """Output tokens against the first setting's, over the same prompts."""
@@ -93,6 +98,7 @@ class Calibration:
     current: GateThresholds
     suggested: GateThresholds
     cost: Cost
+    max_tokens: int
 
 
 def drift_of(
@@ -115,9 +121,12 @@ def drift_of(
         kl=Spread.of(kls),
         kl_mean=math.fsum(kls) / len(kls) if kls else 0.0,
         divergences=Spread.of([float(s.divergences) for s in scores]),
+        divergence_rate=sum(s.divergences for s in scores) / len(positions) if positions else 0.0,
         gap_at_divergence=Spread.of([p.gap for p in positions if p.gap > 0.0]),
         length_ratio=result.stats.length_ratio,
-        identical_share=behavioural_copy_share(responses, first),
+        identical_share=behavioural_copy_share(
+            responses, first, tolerance=thresholds.copy_logprob_tolerance
+        ),
         verdict=f"{result.outcome}"
         + (f" {result.reason}: {result.detail}" if result.reason else ""),
     )
@@ -134,9 +143,8 @@ def suggest(settings: Sequence[SettingDrift], current: GateThresholds) -> GateTh
         update={
             "delta": max(FLOORS["delta"], m * delta_999),
             "eps_tie": max(FLOORS["eps_tie"], m * max(gap_max, 2 * delta_999)),
-            "max_divergences": max(
-                int(FLOORS["max_divergences"]),
-                math.ceil(m * max(s.divergences.p999 for s in settings)),
+            "divergence_rate": max(
+                FLOORS["divergence_rate"], m * max(s.divergence_rate for s in settings)
             ),
             "kl_mean": max(FLOORS["kl_mean"], m * max(s.kl_mean for s in settings)),
             "kl_p99": max(FLOORS["kl_p99"], m * max(s.kl.p999 for s in settings)),
@@ -206,28 +214,31 @@ async def calibrate(
                 prompt_ids=cache,
             )
             settings.append(drift_of(label, scores, responses, runs[0][1], thresholds))
-    return Calibration(tuple(settings), thresholds, suggest(settings, thresholds), teacher.cost)
+    suggested = suggest(settings, thresholds)
+    return Calibration(tuple(settings), thresholds, suggested, teacher.cost, max_tokens)
 
 
 def render(cal: Calibration) -> str:
     """The report `cacheon-agent calibrate` prints."""
     lines = [
         f"{'setting':<34} {'resp':>5} {'tokens':>6} | {'|dlp| p50':>9} {'p99':>9} {'p99.9':>9} "
-        f"{'max':>9} | {'KL mean':>9} {'KL p99':>9} {'p99.9':>9} | {'div/resp p99.9':>14} "
-        f"{'max':>4} {'gap@div max':>11} | {'len':>5} {'ident':>5}"
+        f"{'max':>9} | {'KL mean':>9} {'KL p99':>9} {'p99.9':>9} | {'div rate':>9} "
+        f"{'max/resp':>8} {'gap@div max':>11} | {'len':>5} {'ident':>5}"
     ]
     for s in cal.settings:
         lines.append(
             f"{s.label[-34:]:<34} {s.responses:>5} {s.tokens:>6} | {s.abs_delta.p50:>9.2e} "
             f"{s.abs_delta.p99:>9.2e} {s.abs_delta.p999:>9.2e} {s.abs_delta.max:>9.2e} | "
-            f"{s.kl_mean:>9.2e} {s.kl.p99:>9.2e} {s.kl.p999:>9.2e} | {s.divergences.p999:>14.1f} "
-            f"{s.divergences.max:>4.0f} {s.gap_at_divergence.max:>11.3f} | {s.length_ratio:>5.3f} "
+            f"{s.kl_mean:>9.2e} {s.kl.p99:>9.2e} {s.kl.p999:>9.2e} | {s.divergence_rate:>9.2e} "
+            f"{s.divergences.max:>8.0f} {s.gap_at_divergence.max:>11.3f} | {s.length_ratio:>5.3f} "
             f"{s.identical_share:>5.2f}"
         )
     lines.append("")
     lines += [f"gate with current thresholds: {s.label}: {s.verdict}" for s in cal.settings]
     lines.append("")
-    fields = ("eps_tie", "max_divergences", "delta", "kl_mean", "kl_p99", "length_band")
+    lines += greedy_margin(cal)
+    lines.append("")
+    fields = ("eps_tie", "divergence_rate", "delta", "kl_mean", "kl_p99", "length_band")
     lines.append(f"suggested thresholds ({SAFETY_MULTIPLE:g} x p99.9 of the drift, floored):")
     for name in fields:
         now, new = getattr(cal.current, name), getattr(cal.suggested, name)
@@ -241,6 +252,24 @@ def render(cal: Calibration) -> str:
         f"({per_position_us:.1f} us/position), {len(c.skipped)} skipped by the prompt cap"
     )
     return "\n".join(lines)
+
+
+def greedy_margin(cal: Calibration) -> list[str]:
+    """The baseline's own divergence rate against the threshold, and what the threshold means
+    in counts: how many divergences fail a response of max_tokens and a run of this size."""
+    own = max(s.divergence_rate for s in cal.settings)
+    tokens = max(s.tokens for s in cal.settings)
+    lines = [f"greedy consistency: the baseline's own divergence rate is {own:.2e} per token"]
+    for label, t in (("current", cal.current), ("suggested", cal.suggested)):
+        margin = f"{t.divergence_rate / own:.1f}x its own rate" if own else "it has none"
+        per_response = critical_count(cal.max_tokens, t.divergence_rate, t.divergence_alpha)
+        per_run = critical_count(tokens, t.divergence_rate, t.divergence_alpha)
+        lines.append(
+            f"  {label} divergence_rate {t.divergence_rate:.4g} ({margin}) at alpha"
+            f" {t.divergence_alpha:g}: a {cal.max_tokens}-token response fails from"
+            f" {per_response} divergences, a run of {tokens} tokens from {per_run}"
+        )
+    return lines
 
 
 def _fmt(value: object) -> str:

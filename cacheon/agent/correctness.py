@@ -4,9 +4,10 @@ Two correct servers diverge at near-ties because GPU reductions are not batch-in
 gate never compares generated text. It re-scores each contestant token under the baseline
 (teacher forcing, done by `teacher.py`) and asks of every position: is the token in the reference
 top-5, is it the reference argmax or within a near-tie of it, is the reported logprob close to
-the reference's, is the reported top-5 distribution close. Whole responses add EOS honesty, and
-the run adds the length band and a fabrication check. One failed check fails the contestant with
-that check's reason code.
+the reference's, is the reported top-5 distribution close. Whole responses add EOS honesty and
+how often they leave the argmax (`divergence.py`: a rate, judged over each response and over the
+run, so a verdict does not change with max_tokens), and the run adds the length band and a
+fabrication check. One failed check fails the contestant with that check's reason code.
 
 Which code a failing run gets: each response gets the check that failed at its earliest
 position (`score_response`), and the run the most common of those (ties go to the earlier check
@@ -21,6 +22,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from cacheon.agent.divergence import binomial_tail, critical_count, distinct_divergences
 from cacheon.protocol import GateThresholds, Outcome, ReasonCode
 
 PLAUSIBLE_RANK = 5
@@ -39,6 +41,7 @@ RESPONSE_CHECKS = (
 )
 RUN_CHECKS = (
     ReasonCode.FABRICATION,
+    ReasonCode.GREEDY_CONSISTENCY,
     ReasonCode.DISTRIBUTION,
     ReasonCode.VALUE_CLOSENESS,
     ReasonCode.LENGTH_BAND,
@@ -109,6 +112,7 @@ class ResponseScore:
     key: str
     positions: tuple[PositionScore, ...]
     divergences: int
+    """Positions where the token is not the reference argmax, a choice repeated in a loop once."""
     failure: ReasonCode | None
     detail: str = ""
 
@@ -123,7 +127,12 @@ class RunStats:
     kl_p99: float
     abs_delta_p99: float
     min_ref_logprob: float
-    max_divergences: int
+    divergences: int
+    """Near-tie divergences over every scored response (`ResponseScore.divergences`)."""
+    divergence_p: float
+    """How likely that many are, over that many tokens, at the gate's `divergence_rate`."""
+    worst_response_p: float
+    """The same for the response where they are least likely."""
     length_ratio: float
     uncertain_positions: int
     """Positions whose reference entropy is at least `fabrication_entropy`."""
@@ -281,7 +290,6 @@ def _eos_findings(
 
 def _token_findings(scores: Sequence[PositionScore], t: GateThresholds) -> list[Finding]:
     found: list[Finding] = []
-    divergences = 0
     for pos, s in enumerate(scores):
         if s.ref_logprob < t.min_logprob:
             found.append(
@@ -307,16 +315,21 @@ def _token_findings(scores: Sequence[PositionScore], t: GateThresholds) -> list[
                     f"position {pos} is {s.gap:.2f} nats behind the reference argmax",
                 )
             )
-        divergences += s.gap > 0.0
-        if s.gap > 0.0 and divergences == t.max_divergences + 1:
-            found.append(
-                (
-                    pos,
-                    ReasonCode.GREEDY_CONSISTENCY,
-                    f"{divergences} near-tie divergences by position {pos} (at most {t.max_divergences})",
-                )
-            )
     return found
+
+
+def _rate_findings(divergent: Sequence[int], n: int, t: GateThresholds) -> list[Finding]:
+    """Too many divergences for `n` tokens at the honest rate: found where the count that is
+    improbable at `divergence_alpha` was reached."""
+    critical = critical_count(n, t.divergence_rate, t.divergence_alpha)
+    if critical is None or len(divergent) < critical:
+        return []
+    p = binomial_tail(len(divergent), n, t.divergence_rate)
+    detail = (
+        f"{len(divergent)} near-tie divergences in {n} tokens: p = {p:.1e} at rate"
+        f" {t.divergence_rate} (fails below {t.divergence_alpha})"
+    )
+    return [(divergent[critical - 1], ReasonCode.GREEDY_CONSISTENCY, detail)]
 
 
 def score_response(
@@ -341,13 +354,19 @@ def score_response(
     scores = tuple(
         score_position(r, m) for r, m in zip(ref.positions, response.tokens, strict=True)
     )
-    divergences = sum(1 for s in scores if s.gap > 0.0)
+    tokens = [m.token for m in response.tokens]
+    argmaxes = [
+        r.top[0][0] if s.gap > 0.0 else m
+        for r, s, m in zip(ref.positions, scores, tokens, strict=True)
+    ]
+    divergent = distinct_divergences(tokens, argmaxes)
     findings = _eos_findings(response, ref, scores, thresholds.eps_tie, eos_ids)
     findings += _token_findings(scores, thresholds)
+    findings += _rate_findings(divergent, len(scores), thresholds)
     if not findings:
-        return ResponseScore(response.key, scores, divergences, None)
+        return ResponseScore(response.key, scores, len(divergent), None)
     _, code, detail = min(findings, key=lambda f: (f[0], RESPONSE_CHECKS.index(f[1])))
-    return ResponseScore(response.key, scores, divergences, code, detail)
+    return ResponseScore(response.key, scores, len(divergent), code, detail)
 
 
 def run_stats(
@@ -364,6 +383,8 @@ def run_stats(
     confident = sum(1 for p in uncertain if p.reported_logprob > CONFIDENT_LOGPROB)
     shared = [k for k in lengths if k in baseline_lengths]
     base_total = sum(baseline_lengths[k] for k in shared)
+    rate = thresholds.divergence_rate
+    divergences = sum(s.divergences for s in scores)
     return RunStats(
         responses=len(scores),
         tokens=len(positions),
@@ -371,7 +392,11 @@ def run_stats(
         kl_p99=percentile(kls, 99),
         abs_delta_p99=percentile(deltas, 99),
         min_ref_logprob=min((p.ref_logprob for p in positions), default=0.0),
-        max_divergences=max((s.divergences for s in scores), default=0),
+        divergences=divergences,
+        divergence_p=binomial_tail(divergences, len(positions), rate),
+        worst_response_p=min(
+            (binomial_tail(s.divergences, len(s.positions), rate) for s in scores), default=1.0
+        ),
         length_ratio=sum(lengths[k] for k in shared) / base_total if base_total else 1.0,
         uncertain_positions=len(uncertain),
         confident_share=confident / len(uncertain) if uncertain else 0.0,
@@ -387,6 +412,13 @@ def _run_failures(stats: RunStats, t: GateThresholds) -> list[tuple[ReasonCode, 
             and stats.confident_share >= t.fabrication_share,
             f"{stats.confident_share:.0%} of {stats.uncertain_positions} uncertain positions "
             "reported as near-certain",
+        ),
+        (
+            ReasonCode.GREEDY_CONSISTENCY,
+            stats.divergence_p < t.divergence_alpha,
+            f"{stats.divergences} near-tie divergences in {stats.tokens} tokens: p ="
+            f" {stats.divergence_p:.1e} at rate {t.divergence_rate} (fails below"
+            f" {t.divergence_alpha})",
         ),
         (
             ReasonCode.DISTRIBUTION,
@@ -429,21 +461,34 @@ def judge(
     return GateResult(Outcome.PASS, None, "", stats, failures)
 
 
-def behavioural_copy_share(mine: Sequence[Response], theirs: Sequence[Response]) -> float:
-    """Share of the shared prompts where both streamed identical token ids and logprob bits.
+def behavioural_copy_share(
+    mine: Sequence[Response], theirs: Sequence[Response], *, tolerance: float
+) -> float:
+    """Share of the shared prompts where both streamed the same tokens with the same logprobs.
 
-    Two different engines essentially never agree bit for bit over a whole response; a copy of
-    the leader run on the same node and prompts does on most of them (DESIGN.md §4.6).
+    The same means: the same token ids at every position, the same top-5 ids, and every reported
+    logprob within `tolerance` of theirs. Two different engines essentially never agree that
+    closely over a whole response (bf16 kernels differ by far more), while a copy of the leader
+    run on the same node and prompts does on most of them, and nudging every logprob by a few
+    ulps or a thousandth of a nat does not make it another engine (DESIGN.md §4.6).
     """
     other = {r.key: r.tokens for r in theirs}
     shared = [r for r in mine if r.key in other]
     if not shared:
         return 0.0
-    same = sum(1 for r in shared if _bits(r.tokens) == _bits(other[r.key]))
+    same = sum(1 for r in shared if _same_stream(r.tokens, other[r.key], tolerance))
     return same / len(shared)
 
 
-def _bits(tokens: Sequence[Reported]) -> tuple[tuple[int, str, tuple[tuple[int, str], ...]], ...]:
-    return tuple(
-        (t.token, t.logprob.hex(), tuple((i, lp.hex()) for i, lp in t.top)) for t in tokens
-    )
+def _same_stream(a: Sequence[Reported], b: Sequence[Reported], tolerance: float) -> bool:
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b, strict=True):
+        if x.token != y.token or abs(x.logprob - y.logprob) > tolerance:
+            return False
+        top_x, top_y = dict(x.top), dict(y.top)
+        if top_x.keys() != top_y.keys():
+            return False
+        if any(abs(lp - top_y[token]) > tolerance for token, lp in top_x.items()):
+            return False
+    return True

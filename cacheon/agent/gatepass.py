@@ -272,7 +272,9 @@ def _verdicts(
         result = judge(part.scores, lengths, base_lengths, thresholds)
         copy_of = verdicts.get(launch.key, Verdict(Outcome.PASS)).copy_of
         if leader is not None and launch.key != leader.key and copy_of is None:
-            share = behavioural_copy_share(launch.responses, leader.responses)
+            share = behavioural_copy_share(
+                launch.responses, leader.responses, tolerance=thresholds.copy_logprob_tolerance
+            )
             copy_of = leader.key if share >= thresholds.copy_share else None
         detail = f"launch {launch.index}: {result.detail}" if result.reason else ""
         verdicts[launch.key] = Verdict(result.outcome, result.reason, detail, copy_of, result)

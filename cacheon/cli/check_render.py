@@ -129,8 +129,9 @@ def gate_checks(out: Console, gate: GateResult | None, t: GateThresholds) -> Non
         ),
         (
             ReasonCode.GREEDY_CONSISTENCY,
-            f"at most {s.max_divergences} near-tie divergences in a response",
-            f"≤ {t.max_divergences}, each ≤ {t.eps_tie} nats",
+            f"{s.divergences} near-tie divergences in {s.tokens} tokens (p = {s.divergence_p:.1e};"
+            f" worst response p = {s.worst_response_p:.1e})",
+            f"p ≥ {t.divergence_alpha:g} at rate {t.divergence_rate}, each ≤ {t.eps_tie} nats",
         ),
     ]
     found = {code for code, _, _ in rows}

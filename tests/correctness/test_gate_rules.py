@@ -12,6 +12,7 @@ from cacheon.agent.correctness import (
     RefPosition,
     Reported,
     Response,
+    ResponseScore,
     behavioural_copy_share,
     judge,
     percentile,
@@ -76,20 +77,71 @@ def test_an_exact_engine_passes_every_check() -> None:
     assert all(p.kl == pytest.approx(0.0, abs=1e-12) for p in score.positions)
 
 
+NEAR_TIE = dist(0.7, 0.69, 0.01, 0.01, 0.01)
+"""Where token 2 is a near-tie divergence from the argmax, token 1."""
+
+
+def _filler(i: int) -> Reported:
+    """An argmax token, a different one for each i (so no divergence repeats a loop's)."""
+    return honest(dist(0.7, 0.1, 0.1, 0.05, 0.05, first=10 + i))
+
+
+def _scored(tokens: list[Reported], key: str = "k") -> ResponseScore:
+    """Scored against a reference that agrees with every token's own top-5."""
+    ref = Reference(tuple(RefPosition(dict(t.top)[t.token], t.top) for t in tokens), PEAKED)
+    return score_response(response(tokens, key=key), ref, T, eos_ids=EOS_IDS)
+
+
 @pytest.mark.parametrize(
-    ("second", "count", "expected"),
+    ("divergences", "length", "expected"),
     [
-        (0.69, 1, None),  # a near-tie divergence is honest drift
-        (0.69, T.max_divergences, None),
-        (0.69, T.max_divergences + 1, ReasonCode.GREEDY_CONSISTENCY),  # too many of them
-        (0.2, 1, ReasonCode.GREEDY_CONSISTENCY),  # far behind the argmax: sampled, not greedy
+        (1, 8, None),  # a near-tie divergence is honest drift
+        (5, 128, None),  # 4% of a long response: possible at the honest 2%
+        (10, 256, None),  # the same share, twice as long: the same verdict
+        (14, 128, ReasonCode.GREEDY_CONSISTENCY),  # 11%: improbable at 2%
+        (28, 256, ReasonCode.GREEDY_CONSISTENCY),
     ],
 )
-def test_greedy_consistency(second: float, count: int, expected: ReasonCode | None) -> None:
-    top = dist(0.7, second, 0.01, 0.01, 0.01)
-    tokens = [honest(top, token=2) for _ in range(count)] + [honest(top)]
-    score = score_response(response(tokens), ref_for(tokens, top), T, eos_ids=EOS_IDS)
+def test_greedy_consistency_is_a_rate(
+    divergences: int, length: int, expected: ReasonCode | None
+) -> None:
+    tokens = [_filler(i) for i in range(length - divergences)]
+    for i in range(divergences):
+        tokens.insert(i * (length // divergences), honest(NEAR_TIE, token=2))
+    score = _scored(tokens)
+    assert score.divergences == divergences
     assert score.failure is expected, score.detail
+
+
+def test_a_token_far_behind_the_argmax_is_sampled_not_greedy() -> None:
+    top = dist(0.7, 0.2, 0.01, 0.01, 0.01)
+    tokens = [honest(top, token=2), honest(top)]
+    score = score_response(response(tokens), ref_for(tokens, top), T, eos_ids=EOS_IDS)
+    assert score.failure is ReasonCode.GREEDY_CONSISTENCY, score.detail
+
+
+def test_a_divergence_repeated_in_a_loop_counts_once() -> None:
+    loop = [*(_filler(i) for i in range(5)), honest(NEAR_TIE, token=2)]
+    score = _scored(loop * 40)  # 240 tokens, 40 divergences, one choice
+    assert score.divergences == 1
+    assert score.failure is None
+
+
+def test_the_run_fails_a_divergence_rate_no_single_response_shows() -> None:
+    scores = []
+    for r in range(40):  # 40 responses of 32 tokens, 2 divergences each: 6%, 3x the honest 2%
+        tokens = [_filler(i) for i in range(30)]
+        tokens[5:5] = [honest(NEAR_TIE, token=2)]
+        tokens[20:20] = [honest(NEAR_TIE, token=2)]
+        scores.append(_scored(tokens, key=f"k{r}"))
+    assert all(s.failure is None for s in scores)
+    lengths = {s.key: 32 for s in scores}
+    result = judge(scores, lengths, lengths, T)
+    assert result.reason is ReasonCode.GREEDY_CONSISTENCY, result.detail
+    assert result.stats.divergences == 80
+    assert result.stats.divergence_p < T.divergence_alpha
+    two = judge(scores[:2], lengths, lengths, T)  # 64 tokens: 4 divergences are not improbable
+    assert two.outcome is Outcome.PASS, two.detail
 
 
 def test_a_token_outside_the_reference_top5_is_implausible() -> None:
@@ -230,17 +282,30 @@ def test_length_band_and_majority_code() -> None:
     assert result.detail.startswith("1/11 responses; g:")
 
 
-def test_behavioural_copy_needs_identical_bits() -> None:
+def test_behavioural_copy_compares_ids_exactly_and_logprobs_within_a_tolerance() -> None:
+    tol = T.copy_logprob_tolerance
+
+    def nudged(by: float, token: int = 1) -> Reported:
+        top = tuple((t, lp + by) for t, lp in PEAKED[:5])
+        return Reported(token, dict(top)[token], top)
+
     mine = [response([honest()], key=f"k{i}") for i in range(4)]
     same = [response([honest()], key=f"k{i}") for i in range(4)]
-    nudged = [
+    ulp = [
         response([Reported(1, math.nextafter(LN(0.7), 0.0), PEAKED[:5])], key=f"k{i}")
         for i in range(4)
     ]
-    assert behavioural_copy_share(mine, same) == 1.0
-    assert behavioural_copy_share(mine, nudged) == 0.0
-    assert behavioural_copy_share(mine, same[:1] + nudged[1:]) == 0.25
-    assert behavioural_copy_share(mine, []) == 0.0
+    thousandth = [response([nudged(1e-3)], key=f"k{i}") for i in range(4)]
+    drifted = [response([nudged(3 * tol)], key=f"k{i}") for i in range(4)]
+    other_token = [response([nudged(0.0, token=2)], key=f"k{i}") for i in range(4)]
+    assert behavioural_copy_share(mine, same, tolerance=tol) == 1.0
+    assert behavioural_copy_share(mine, ulp, tolerance=tol) == 1.0  # a nudge hides nothing
+    assert behavioural_copy_share(mine, thousandth, tolerance=tol) == 1.0
+    assert behavioural_copy_share(mine, ulp, tolerance=0.0) == 0.0  # bit for bit, it would
+    assert behavioural_copy_share(mine, drifted, tolerance=tol) == 0.0  # another engine's drift
+    assert behavioural_copy_share(mine, other_token, tolerance=tol) == 0.0
+    assert behavioural_copy_share(mine, same[:1] + drifted[1:], tolerance=tol) == 0.25
+    assert behavioural_copy_share(mine, [], tolerance=tol) == 0.0
 
 
 def _vllm_answer(prompt: list[int], output: list[int]) -> bytes:

@@ -49,7 +49,9 @@ def test_the_guide_gives_the_current_gate_thresholds() -> None:
     defaults = GateThresholds()
     assert set(stated) == {
         "eps_tie",
-        "max_divergences",
+        "divergence_rate",
+        "divergence_alpha",
+        "copy_logprob_tolerance",
         "delta",
         "kl_mean",
         "kl_p99",
