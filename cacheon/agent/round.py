@@ -8,9 +8,10 @@ level with the same prompts for every contestant, and stops. A launch that break
 ends with the contestant's reason code; later launches of that contestant are skipped.
 
 The agent computes no verdict: the report carries per-block speeds (geometric mean of 1/T_k with
-k = min(n_baseline, n_contestant, max_tokens), which needs the baseline's token counts, so speeds
-are computed once all launches ran), the client's own load, image facts, enforced limits, and a
-trace per launch. `arena` turns them into ratios and decisions on the validator.
+k = the baseline's length for that prompt capped at max_tokens, which needs the baseline's token
+counts, so speeds are computed once all launches ran), the client's own load, image facts,
+enforced limits, and a trace per launch. `arena` turns them into ratios and decisions on the
+validator.
 """
 
 from __future__ import annotations
@@ -280,6 +281,12 @@ class RoundRunner:
         baseline = _baseline_counts(
             run for run in runs if self.contestants[run.key].role is Role.BASELINE
         )
+        gaps = {
+            run.index: metrics.median_itl_ns(
+                m.response for _, _, r in run.blocks for m in r.measured if m.response is not None
+            )
+            for run in runs
+        }
         return [
             Launch(
                 index=run.index,
@@ -288,7 +295,10 @@ class RoundRunner:
                 ended_ns=run.ended_ns,
                 levels=()
                 if run.fault
-                else tuple(self._level(c, b, result, baseline) for c, b, result in run.blocks),
+                else tuple(
+                    self._level(c, b, result, baseline, gaps[run.index])
+                    for c, b, result in run.blocks
+                ),
                 outcome=Outcome.FAIL if run.fault else None,
                 reason=run.fault.reason if run.fault else None,
                 detail=run.fault.detail[-DETAIL_CHARS:] if run.fault else "",
@@ -302,6 +312,7 @@ class RoundRunner:
         block: int,
         result: BlockResult,
         baseline: dict[tuple[int, int, int], int],
+        launch_itl_ns: float | None,
     ) -> LevelMeasurement:
         prompts = self._block(concurrency, block)
         responses = [m.response for m in result.measured if m.response is not None]
@@ -311,8 +322,8 @@ class RoundRunner:
                 continue  # only in a faulted block, whose launch reports no levels
             n = metrics.output_tokens(measured.response)
             n_baseline = baseline.get((concurrency, block, measured.index), n)
-            k = metrics.common_k(n_baseline, n, prompts[measured.index].max_tokens)
-            times.append(metrics.time_to_token_ns(measured.response, k))
+            k = metrics.speed_k(n_baseline, prompts[measured.index].max_tokens)
+            times.append(metrics.time_to_token_ns(measured.response, k, launch_itl_ns))
         itl = [gap for r in responses for gap in metrics.itl_ns(r)]
         return LevelMeasurement(
             concurrency=concurrency,
