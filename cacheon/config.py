@@ -250,6 +250,17 @@ BITTENSOR_FLAGS: Mapping[str, str] = {
 }
 
 
+_FLAG_METAVARS: Mapping[str, str] = {
+    "--netuid": "NETUID",
+    "--wallet.name": "NAME",
+    "--wallet.hotkey": "HOTKEY",
+    "--wallet.path": "PATH",
+    "--subtensor.network": "NETWORK",
+    "--subtensor.chain_endpoint": "URL",
+}
+"""What each flag's value is called in help, as btcli names it."""
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; `problems` holds one human line each."""
 
@@ -267,9 +278,17 @@ class LoadedSettings:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Add `--config` and the standard bittensor flags to a CLI parser."""
-    parser.add_argument("--config", type=Path, help="TOML config file (see config.example.toml)")
+    parser.add_argument(
+        "--config", metavar="PATH", type=Path, help="TOML config file (see config.example.toml)"
+    )
     for flag, key in BITTENSOR_FLAGS.items():
-        parser.add_argument(flag, dest=_flag_dest(flag), default=None, help=f"sets {key}")
+        parser.add_argument(
+            flag,
+            dest=_flag_dest(flag),
+            metavar=_FLAG_METAVARS[flag],
+            default=None,
+            help=f"sets {key}",
+        )
 
 
 def load_settings(

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from cacheon import __version__
+from cacheon.cli.help import add_command, examples
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -35,48 +36,96 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cacheon-agent",
         description="Cacheon benchmark agent: runs one round's launches on a GPU pod.",
+        epilog=examples(
+            "cacheon-agent check",
+            "cacheon-agent run --job /opt/cacheon-agent/jobs/r42/job.json < round.key",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"cacheon-agent {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = commands.add_parser(
-        "run", help="run a job detached; the round's HMAC key is read from stdin"
+    run = add_command(
+        commands,
+        "run",
+        "run a job detached; the round's HMAC key is read from stdin",
+        "cacheon-agent run --job /opt/cacheon-agent/jobs/r42/job.json < round.key",
     )
-    run.add_argument("--job", type=Path, required=True, help="the JobSpec file (job.json)")
-    refresh = commands.add_parser(
-        "refresh_urls", help="replace a running job's upload URLs with those on stdin"
+    run.add_argument(
+        "--job", metavar="PATH", type=Path, required=True, help="the JobSpec file (job.json)"
     )
-    refresh.add_argument("--job", type=Path, required=True, help="the running job's job.json")
-    commands.add_parser("check", help="report the pod's GPUs and docker engine as JSON")
-    fetch = commands.add_parser("fetch_model", help="fetch and verify the model weights")
-    fetch.add_argument("--plan", type=Path, required=True, help="the FetchPlan file")
+    refresh = add_command(
+        commands,
+        "refresh_urls",
+        "replace a running job's upload URLs with those on stdin",
+        "cacheon-agent refresh_urls --job /opt/cacheon-agent/jobs/r42/job.json < urls.json",
+    )
+    refresh.add_argument(
+        "--job", metavar="PATH", type=Path, required=True, help="the running job's job.json"
+    )
+    add_command(
+        commands,
+        "check",
+        "report the pod's GPUs and docker engine as JSON",
+        "cacheon-agent check",
+    )
+    fetch = add_command(
+        commands,
+        "fetch_model",
+        "fetch and verify the model weights",
+        "cacheon-agent fetch_model --plan /opt/cacheon-agent/models/plan.json",
+    )
+    fetch.add_argument(
+        "--plan", metavar="PATH", type=Path, required=True, help="the FetchPlan file"
+    )
     _add_calibrate(commands)
     return parser
 
 
 def _add_calibrate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    calibrate = commands.add_parser(
-        "calibrate", help="measure the baseline's drift against itself and suggest gate thresholds"
+    calibrate = add_command(
+        commands,
+        "calibrate",
+        "measure the baseline's drift against itself and suggest gate thresholds",
+        "cacheon-agent calibrate --url http://127.0.0.1:8000 --model Qwen/Qwen2.5-72B-Instruct"
+        " --model-dir /models/qwen --max-model-len 32768",
+        "cacheon-agent calibrate --url http://127.0.0.1:8000 --url http://127.0.0.1:8001"
+        " --model Qwen/Qwen2.5-72B-Instruct --model-dir /models/qwen --max-model-len 32768"
+        " --concurrency 1,64 --prompts 128",
     )
     calibrate.add_argument(
         "--url",
+        metavar="URL",
         action="append",
         required=True,
         help="a baseline instance (repeat for other batch settings); the first one scores",
     )
-    calibrate.add_argument("--model", required=True, help="the served model name")
+    calibrate.add_argument("--model", metavar="NAME", required=True, help="the served model name")
     calibrate.add_argument(
-        "--model-dir", type=Path, required=True, help="the model, for its EOS token ids"
+        "--model-dir",
+        metavar="DIR",
+        type=Path,
+        required=True,
+        help="the model, for its EOS token ids",
     )
     calibrate.add_argument(
         "--concurrency",
+        metavar="LEVELS",
         type=lambda text: tuple(int(c) for c in text.split(",")),
         default=(1, 16, 64),
         help="comma-separated concurrency levels (default 1,16,64)",
     )
-    calibrate.add_argument("--prompts", type=int, default=64, help="prompts per setting")
-    calibrate.add_argument("--max-tokens", type=int, default=256)
-    calibrate.add_argument("--max-model-len", type=int, required=True)
-    calibrate.add_argument("--seed", default="calibrate", help="seed of the prompts")
+    calibrate.add_argument(
+        "--prompts", metavar="N", type=int, default=64, help="prompts per setting"
+    )
+    calibrate.add_argument(
+        "--max-tokens", metavar="N", type=int, default=256, help="per request (default 256)"
+    )
+    calibrate.add_argument(
+        "--max-model-len", metavar="N", type=int, required=True, help="the served context length"
+    )
+    calibrate.add_argument(
+        "--seed", metavar="TEXT", default="calibrate", help="seed of the prompts"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,7 @@ from cacheon.arena import (
 from cacheon.chain.commitments import ImageRef, Rejection, parse_reference
 from cacheon.cli import check_render as render
 from cacheon.cli.common import EXIT_FAILED, EXIT_USAGE, add_settings_arguments
+from cacheon.cli.help import add_command
 from cacheon.config import ArenaSettings, Settings
 from cacheon.protocol import (
     Block,
@@ -84,9 +85,12 @@ class CheckFailed(Exception):
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    check = commands.add_parser(
+    check = add_command(
+        commands,
         "check",
-        help="run the validator's round on IMAGE locally and print the verdict it would get",
+        "run the validator's round on IMAGE locally and print the verdict it would get",
+        "cacheon-miner check docker.io/alice/fast-qwen@sha256:4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f --model-path ~/models/Qwen2.5-72B-Instruct",
+        "cacheon-miner check --server http://127.0.0.1:8000 --model-path ~/models/qwen --sigma 0.009",
     )
     check.add_argument("image", metavar="IMAGE", nargs="?", help="<registry>/<repo>@sha256:<hex>")
     check.add_argument("--server", metavar="URL", help="check a server already running at URL")
@@ -99,6 +103,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     check.add_argument(
         "--sigma",
+        metavar="SIGMA",
         type=float,
         help="launch noise sigma_L, log scale (a validator's published launch_noise)",
     )

@@ -9,14 +9,20 @@ import argparse
 import sys
 
 from cacheon import __version__
+from cacheon.cli.help import examples
 from cacheon.config import ConfigError, LoadedSettings, add_config_arguments, load_settings
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+def make_parser(prog: str, description: str, *example_lines: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=examples(*example_lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     return parser
 

@@ -21,6 +21,7 @@ from cacheon.chain.wallet import (
     open_wallet,
 )
 from cacheon.cli.common import EXIT_FAILED, EXIT_USAGE, add_settings_arguments, load_or_exit
+from cacheon.cli.help import add_command
 from cacheon.config import WalletSettings
 
 OWNER_URI = "//CacheonDevnetOwner"
@@ -28,12 +29,28 @@ OWNER_URI = "//CacheonDevnetOwner"
 
 
 def add_devnet_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    devnet = commands.add_parser("devnet", help="drive a simulated chain (sim://<path>)")
+    devnet = add_command(
+        commands,
+        "devnet",
+        "drive a simulated chain (sim://<path>)",
+        "cacheon-validator devnet init --subtensor.network sim://devnet.db --netuid 14 --block-time 0",
+        "cacheon-validator devnet show --subtensor.network sim://devnet.db",
+    )
     sub = devnet.add_subparsers(dest="devnet_command", metavar="SUBCOMMAND", required=True)
 
-    init = sub.add_parser("init", help="create the devnet file and the subnet")
-    init.add_argument("--block-time", type=float, default=12.0, help="seconds; 0 = on demand")
-    init.add_argument("--owner-hotkey", help="ss58 of the subnet owner hotkey (the burn uid)")
+    init = add_command(
+        sub,
+        "init",
+        "create the devnet file and the subnet",
+        "cacheon-validator devnet init --subtensor.network sim://devnet.db --netuid 14 --block-time 0",
+        "cacheon-validator devnet init --subtensor.network sim://devnet.db --netuid 14 --tempo 10 --commit-reveal",
+    )
+    init.add_argument(
+        "--block-time", metavar="SECONDS", type=float, default=12.0, help="0 = on demand"
+    )
+    init.add_argument(
+        "--owner-hotkey", metavar="HOTKEY", help="ss58 of the subnet owner hotkey (the burn uid)"
+    )
     for name, default in (
         ("tempo", 360),
         ("weights-rate-limit", 100),
@@ -42,18 +59,40 @@ def add_devnet_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         ("max-weights-limit", 65535),
         ("max-space", 3100),
     ):
-        init.add_argument(f"--{name}", type=int, default=default)
+        init.add_argument(
+            f"--{name}", metavar="N", type=int, default=default, help=f"default {default}"
+        )
     init.add_argument("--commit-reveal", action="store_true", help="timelocked weight commits")
 
-    register = sub.add_parser("register", help="register a hotkey (the wallet's, or --hotkey)")
-    register.add_argument("--hotkey", help="ss58 to register instead of the wallet's hotkey")
+    register = add_command(
+        sub,
+        "register",
+        "register a hotkey (the wallet's, or --hotkey)",
+        "cacheon-validator devnet register --subtensor.network sim://devnet.db --netuid 14 --wallet.name validator --validator",
+        "cacheon-validator devnet register --subtensor.network sim://devnet.db --netuid 14 --hotkey 5F3sa2TJAWMqDhXG6jhV4N8ko9SxwGy8TpaNS1repo5EYjQX",
+    )
+    register.add_argument(
+        "--hotkey", metavar="HOTKEY", help="ss58 to register instead of the wallet's hotkey"
+    )
     register.add_argument("--validator", action="store_true", help="grant a validator permit")
 
-    advance = sub.add_parser("advance", help="produce empty blocks now")
-    advance.add_argument("blocks", type=int, nargs="?", default=1)
+    advance = add_command(
+        sub,
+        "advance",
+        "produce empty blocks now",
+        "cacheon-validator devnet advance 360 --subtensor.network sim://devnet.db",
+    )
+    advance.add_argument(
+        "blocks", metavar="BLOCKS", type=int, nargs="?", default=1, help="default 1"
+    )
 
-    sub.add_parser("show", help="print the chain state as JSON")
-    for parser in (init, register, advance, sub.choices["show"]):
+    show = add_command(
+        sub,
+        "show",
+        "print the chain state as JSON",
+        "cacheon-validator devnet show --subtensor.network sim://devnet.db",
+    )
+    for parser in (init, register, advance, show):
         add_settings_arguments(parser)
 
 

@@ -10,13 +10,17 @@ import argparse
 import asyncio
 
 from cacheon.cli.common import EXIT_FAILED, add_settings_arguments, load_or_exit
+from cacheon.cli.help import add_command
 from cacheon.log import configure_logging
 from cacheon.validator.doctor import Check, run_checks
 
 
 def add_doctor_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    doctor = commands.add_parser(
-        "doctor", help="check wallet, chain, S3, providers, keys and model before running"
+    doctor = add_command(
+        commands,
+        "doctor",
+        "check wallet, chain, S3, providers, keys and model before running",
+        "cacheon-validator doctor --config /etc/cacheon/config.toml",
     )
     add_settings_arguments(doctor)
 

@@ -35,6 +35,7 @@ from cacheon.cli.common import (
     load_or_exit,
     make_parser,
 )
+from cacheon.cli.help import add_command
 from cacheon.cli.report_status import ReportUnavailable, fetch_report, render_report
 from cacheon.config import Settings
 from cacheon.log import configure_logging
@@ -52,12 +53,22 @@ class Failed(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = make_parser("cacheon-miner", "Cacheon miner tools: commit a server image on chain.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commit = commands.add_parser(
-        "commit", help="commit IMAGE (<registry>/<repository>@sha256:<hex>) for your hotkey"
+    parser = make_parser(
+        "cacheon-miner",
+        "Cacheon miner tools: check a server image locally, commit it on chain and follow it.",
+        "cacheon-miner check docker.io/alice/fast-qwen@sha256:4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f --model-path ~/models/qwen",
+        "cacheon-miner commit docker.io/alice/fast-qwen@sha256:4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f --wallet.name miner --wallet.hotkey default",
+        "cacheon-miner status --report-url https://validator.example/cacheon/public/latest.json",
     )
-    commit.add_argument("image", metavar="IMAGE")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commit = add_command(
+        commands,
+        "commit",
+        "commit IMAGE (<registry>/<repository>@sha256:<hex>) for your hotkey",
+        "cacheon-miner commit docker.io/alice/fast-qwen@sha256:4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f --netuid 14 --wallet.name miner --wallet.hotkey default",
+        "cacheon-miner commit docker.io/alice/fast-qwen@sha256:4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f --check-registry --yes",
+    )
+    commit.add_argument("image", metavar="IMAGE", help="<registry>/<repository>@sha256:<hex>")
     commit.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     commit.add_argument(
         "--check-registry",
@@ -65,8 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first check with the registry that the digest exists and has linux/amd64",
     )
     add_settings_arguments(commit)
-    status = commands.add_parser(
-        "status", help="your hotkey's commitment on chain, and its standing in a validator's report"
+    status = add_command(
+        commands,
+        "status",
+        "your hotkey's commitment on chain, and its standing in a validator's report",
+        "cacheon-miner status --wallet.name miner --wallet.hotkey default",
+        "cacheon-miner status --report-url https://validator.example/cacheon/public/latest.json",
     )
     status.add_argument(
         "--report-url", metavar="URL", help="a validator's public report (public/latest.json)"

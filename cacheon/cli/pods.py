@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cacheon.cli.common import EXIT_FAILED, EXIT_USAGE, add_settings_arguments, load_or_exit
+from cacheon.cli.help import add_command
 from cacheon.config import Settings
 from cacheon.log import configure_logging
 from cacheon.pods.base import PodError, Provider
@@ -28,20 +29,48 @@ from cacheon.store.db import Database, DatabaseError
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = commands.add_parser("keys", help="the validator's own SSH key for pods")
+    keys = add_command(
+        commands,
+        "keys",
+        "the validator's own SSH key for pods",
+        "cacheon-validator keys init --config /etc/cacheon/config.toml",
+    )
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
-    add_settings_arguments(
-        keys_commands.add_parser("init", help="create the pod SSH key (ed25519, 0600) if missing")
+    init = add_command(
+        keys_commands,
+        "init",
+        "create the pod SSH key (ed25519, 0600) if missing",
+        "cacheon-validator keys init --config /etc/cacheon/config.toml",
     )
-    pods = commands.add_parser("pods", help="rented GPU pods and their leases")
+    pods = add_command(
+        commands,
+        "pods",
+        "rented GPU pods and their leases",
+        "cacheon-validator pods list --config /etc/cacheon/config.toml",
+        "cacheon-validator pods sweep --config /etc/cacheon/config.toml",
+    )
     pods_commands = pods.add_subparsers(dest="pods_command", metavar="SUBCOMMAND")
-    add_settings_arguments(pods_commands.add_parser("list", help="our pods at every provider"))
-    add_settings_arguments(
-        pods_commands.add_parser("sweep", help="terminate orphaned or expired pods now")
+    listing = add_command(
+        pods_commands,
+        "list",
+        "our pods at every provider",
+        "cacheon-validator pods list --config /etc/cacheon/config.toml",
     )
-    terminate = pods_commands.add_parser("terminate", help="terminate one pod by provider id")
-    terminate.add_argument("pod_id", metavar="ID")
-    add_settings_arguments(terminate)
+    sweep_pods = add_command(
+        pods_commands,
+        "sweep",
+        "terminate orphaned or expired pods now",
+        "cacheon-validator pods sweep --config /etc/cacheon/config.toml",
+    )
+    terminate = add_command(
+        pods_commands,
+        "terminate",
+        "terminate one pod by provider id",
+        "cacheon-validator pods terminate 3f9c2a71 --config /etc/cacheon/config.toml",
+    )
+    terminate.add_argument("pod_id", metavar="ID", help="the provider's id, as `pods list` shows")
+    for parser in (init, listing, sweep_pods, terminate):
+        add_settings_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int | None:

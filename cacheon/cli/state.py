@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from cacheon.cli.common import EXIT_FAILED, EXIT_USAGE, add_settings_arguments, load_or_exit
+from cacheon.cli.help import add_command
 from cacheon.store.backup import StateInfo
 from cacheon.store.db import DatabaseError
 from cacheon.store.objects import ObjectStoreError
@@ -17,18 +18,31 @@ from cacheon.validator.assemble import state_path
 
 
 def add_state_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    state = commands.add_parser("state", help="export or import the state database")
+    state = add_command(
+        commands,
+        "state",
+        "export or import the state database",
+        "cacheon-validator state export --config /etc/cacheon/config.toml",
+        "cacheon-validator state import backup.db --config /etc/cacheon/config.toml",
+    )
     sub = state.add_subparsers(dest="state_command", metavar="SUBCOMMAND", required=True)
-    export = sub.add_parser(
-        "export", help="a consistent snapshot of the state, safe while the daemon runs"
+    export = add_command(
+        sub,
+        "export",
+        "a consistent snapshot of the state, safe while the daemon runs",
+        "cacheon-validator state export --config /etc/cacheon/config.toml",
+        "cacheon-validator state export --to s3://my-backups/cacheon/state.db --config /etc/cacheon/config.toml",
     )
     export.add_argument(
         "--to",
         metavar="FILE|s3://BUCKET/KEY",
         help="where to write it (default: <state_dir>/backups/state-<UTC time>.db)",
     )
-    restore = sub.add_parser(
-        "import", help="replace the state with a snapshot (stop the daemon first)"
+    restore = add_command(
+        sub,
+        "import",
+        "replace the state with a snapshot (stop the daemon first)",
+        "cacheon-validator state import s3://my-backups/cacheon/state.db --config /etc/cacheon/config.toml",
     )
     restore.add_argument("source", metavar="FILE|s3://BUCKET/KEY")
     for parser in (export, restore):

@@ -23,6 +23,7 @@ from cacheon.chain.errors import ChainFailure
 from cacheon.chain.wallet import WalletError, hotkey_address, open_wallet
 from cacheon.chain.weights import next_allowed_block
 from cacheon.cli.common import EXIT_FAILED, add_settings_arguments, load_or_exit
+from cacheon.cli.help import add_command
 from cacheon.config import Settings
 from cacheon.protocol import Standing
 from cacheon.validator.reasons import meaning
@@ -38,12 +39,32 @@ class ApiError(Exception):
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    status = commands.add_parser("status", help="the running validator at a glance")
-    status.add_argument("--url", default=DEFAULT_URL, help=f"status API (default {DEFAULT_URL})")
-    weights = commands.add_parser("weights", help="weights: what we set and what the chain holds")
+    status = add_command(
+        commands,
+        "status",
+        "the running validator at a glance",
+        "cacheon-validator status",
+        "cacheon-validator status --url http://10.0.0.5:9414",
+    )
+    status.add_argument(
+        "--url", metavar="URL", default=DEFAULT_URL, help=f"status API (default {DEFAULT_URL})"
+    )
+    weights = add_command(
+        commands,
+        "weights",
+        "weights: what we set and what the chain holds",
+        "cacheon-validator weights show --config /etc/cacheon/config.toml",
+    )
     sub = weights.add_subparsers(dest="weights_command", metavar="SUBCOMMAND", required=True)
-    show = sub.add_parser("show", help="last weights set, the chain's row, the next window")
-    show.add_argument("--url", default=DEFAULT_URL, help=f"status API (default {DEFAULT_URL})")
+    show = add_command(
+        sub,
+        "show",
+        "last weights set, the chain's row, the next window",
+        "cacheon-validator weights show --config /etc/cacheon/config.toml",
+    )
+    show.add_argument(
+        "--url", metavar="URL", default=DEFAULT_URL, help=f"status API (default {DEFAULT_URL})"
+    )
     add_settings_arguments(show)
 
 

@@ -17,6 +17,7 @@ from cacheon.cli.common import (
 )
 from cacheon.cli.devnet import add_devnet_parser, run_devnet
 from cacheon.cli.doctor import add_doctor_parser, run_doctor
+from cacheon.cli.help import add_command
 from cacheon.cli.pods import add_commands as add_pods_commands
 from cacheon.cli.pods import run as run_pods_command
 from cacheon.cli.state import add_state_parser, run_state
@@ -32,17 +33,36 @@ from cacheon.validator.evaluation import arena_params
 
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(
-        "cacheon-validator", "Cacheon validator: benchmark miners' servers and set weights."
+        "cacheon-validator",
+        "Cacheon validator: benchmark miners' servers and set weights.",
+        "cacheon-validator doctor --config /etc/cacheon/config.toml",
+        "cacheon-validator run --config /etc/cacheon/config.toml",
+        "cacheon-validator status",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run the validator loop (the systemd service)")
+    run = add_command(
+        commands,
+        "run",
+        "run the validator loop (the systemd service)",
+        "cacheon-validator run --config /etc/cacheon/config.toml",
+        "cacheon-validator run --subtensor.network test --netuid 214 --wallet.name validator",
+    )
     add_settings_arguments(run)
 
-    config = commands.add_parser("config", help="inspect the configuration")
+    config = add_command(
+        commands,
+        "config",
+        "inspect the configuration",
+        "cacheon-validator config show --config /etc/cacheon/config.toml",
+    )
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
-    show = config_commands.add_parser(
-        "show", help="print the effective config, redacted, with sources"
+    show = add_command(
+        config_commands,
+        "show",
+        "print the effective config, redacted, with sources",
+        "cacheon-validator config show --config /etc/cacheon/config.toml",
+        "cacheon-validator config show --netuid 14 --subtensor.network finney",
     )
     add_settings_arguments(show)
     add_devnet_parser(commands)
@@ -51,17 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_state_parser(commands)
     add_doctor_parser(commands)
 
-    simulate = commands.add_parser(
-        "simulate", help="measure the verdict rules on synthetic challengers under noise"
+    simulate = add_command(
+        commands,
+        "simulate",
+        "measure the verdict rules on synthetic challengers under noise",
+        "cacheon-validator simulate",
+        "cacheon-validator simulate --launch-noise 0.07 --drift 0.01 --trials 2000",
     )
     add_settings_arguments(simulate)
     noise = simulate.add_argument_group("noise model (log scale: 0.02 is about 2%%)")
-    noise.add_argument("--launch-noise", type=float, default=0.02, help="between launches")
-    noise.add_argument("--block-noise", type=float, default=0.01, help="between blocks")
-    noise.add_argument("--drift", type=float, default=0.0, help="per launch slot in a round")
-    noise.add_argument("--position-bias", type=float, default=0.0, help="a challenger's edge")
-    simulate.add_argument("--trials", type=int, default=5000, help="lifetimes per table row")
-    simulate.add_argument("--seed", type=int, default=0)
+    for flag, metavar, default, text in (
+        ("--launch-noise", "SIGMA", 0.02, "between launches"),
+        ("--block-noise", "SIGMA", 0.01, "between blocks"),
+        ("--drift", "LOG", 0.0, "per launch slot in a round"),
+        ("--position-bias", "LOG", 0.0, "a challenger's edge"),
+    ):
+        noise.add_argument(flag, metavar=metavar, type=float, default=default, help=text)
+    simulate.add_argument(
+        "--trials", metavar="N", type=int, default=5000, help="lifetimes per table row"
+    )
+    simulate.add_argument("--seed", metavar="N", type=int, default=0, help="the simulation's seed")
     return parser
 
 
