@@ -2,10 +2,19 @@
 
 The order comes from the JobSpec (`B, L, C1..Cn, L', B'`, plus any extra interleaved launches the
 validator asks for): the baseline and the leader are bookended so that drift can be interpolated
-out (DESIGN.md §4.5). Each launch pulls by digest (the next image is pulled while the current one
-runs), starts with the run profile, waits for health, warms up, measures every block of every
-level with the same prompts for every contestant, and stops. A launch that breaks the contract
-ends with the contestant's reason code; later launches of that contestant are skipped.
+out (DESIGN.md §4.5). Each launch pulls by digest, starts with the run profile, waits for health,
+warms up, measures every block of every level with the same prompts for every contestant, and
+stops. A launch that breaks the contract ends with the contestant's reason code; later launches
+of that contestant are skipped.
+
+No image is pulled while a launch measures: a multi-GB pull beside some launches and not others
+(the leader's L ran beside the next image's pull, its L' did not) is noise a contestant could
+even tell apart and exploit. The next image is pulled while the current server starts (the
+start-up deadline is stretched by the time the two overlapped, so another contestant's pull
+never costs a contestant its start-up), and measuring waits until that pull has finished. A
+block measured while the client saturated on streams within the contract's limits is measured
+again over more workers (`remeasure`); a launch's measured window (first measured block's start
+to the last one's end) places it in time for the arena's interpolation.
 
 The agent computes no verdict: the report carries per-block speeds (geometric mean of 1/T_k with
 k = the baseline's length for that prompt capped at max_tokens, which needs the baseline's token
@@ -30,6 +39,8 @@ import docker
 from cacheon.agent import gatepass, metrics
 from cacheon.agent.hardware import read_gpus
 from cacheon.agent.loadgen import BlockResult, LoadGenerator, Measured, WorkerLost, workers_for
+from cacheon.agent.remeasure import core_count, measure_block
+from cacheon.agent.response import read_vocab_size
 from cacheon.agent.runtime import (
     DockerRuntime,
     LaunchFault,
@@ -92,11 +103,17 @@ class _LaunchRun:
     ended_ns: int = 0
     blocks: list[tuple[int, int, BlockResult]] = field(default_factory=list)
     fault: LaunchFault | None = None
+    remeasured: dict[tuple[int, int], int] = field(default_factory=dict)
+    """(concurrency, block) -> times it was measured again after the client saturated."""
+    measured_from_ns: int | None = None
+    measured_to_ns: int | None = None
 
 
 async def run_round(spec: JobSpec, ctx: Context) -> RoundReport:
     """The `round` job kind: the docker runtime with this host's run profile."""
-    server = ServerSpec(spec.served_model_name, spec.model_path, spec.max_model_len)
+    server = ServerSpec(
+        spec.served_model_name, spec.model_path, spec.max_model_len, frozenset(spec.base_layers)
+    )
     client = docker.from_env(timeout=600)
     try:
         runtime = DockerRuntime(client, RunProfile.for_host(), server)
@@ -134,6 +151,10 @@ class RoundRunner:
         self.scoring_index = baselines[-1] if baselines else None
         """The last baseline launch (B') scores every contestant's outputs (DESIGN.md §4.4)."""
         self.verdicts: dict[str, gatepass.Verdict] | None = None
+        self.vocab_size = read_vocab_size(Path(spec.model_path))
+        if self.vocab_size is None:
+            log.warning("the model declares no vocab_size: token ids are not range-checked")
+        self.cores = core_count()
 
     async def run(self) -> RoundReport:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -146,8 +167,6 @@ class RoundRunner:
             for index, key in enumerate(order):
                 if key in self.failed:
                     continue
-                for later in order[index : index + 2]:
-                    self._pull(self.contestants[later].image)
                 run = await self._launch(index, self.contestants[key])
                 runs.append(run)
                 if run.fault is not None:
@@ -170,6 +189,22 @@ class RoundRunner:
             self._pulls[image] = asyncio.create_task(self.runtime.pull(image))
         return self._pulls[image]
 
+    def _prefetch(self, index: int) -> None:
+        """Start pulling the image of the launch after `index` (while launch `index` starts)."""
+        later = [k for k in self.spec.launch_order[index + 1 :] if k not in self.failed]
+        if later:
+            self._pull(self.contestants[later[0]].image)
+
+    def _pulling(self) -> bool:
+        return any(not task.done() for task in self._pulls.values())
+
+    async def _pulls_done(self) -> None:
+        """Wait for every pull in flight, without raising: a pull's failure is its own
+        contestant's, and comes out when that contestant's launch awaits it."""
+        pending = [task for task in self._pulls.values() if not task.done()]
+        if pending:
+            await asyncio.wait(pending)
+
     async def _launch(self, index: int, contestant: Contestant) -> _LaunchRun:
         key = contestant.key
         run = _LaunchRun(index, key, time.perf_counter_ns())
@@ -180,6 +215,7 @@ class RoundRunner:
             log_file = self.log_dir / f"launch-{index:02d}-{_safe(key)}.log"
             name = f"cacheon-{_safe(self.spec.round_id)}-{index:02d}"
             server = await self.runtime.start(contestant.image, name, log_file)
+            self._prefetch(index)
             try:
                 if not self.enforced:
                     self.enforced = await server.enforced_limits()
@@ -235,8 +271,15 @@ class RoundRunner:
         workload = self.spec.workload
         model = self.spec.served_model_name
         workers = max(workers_for(c) for c in workload.concurrencies)
-        async with LoadGenerator(server.target, model, workers, workload.request_timeout_s) as load:
+
+        def more_workers(count: int) -> LoadGenerator:
+            return LoadGenerator(
+                server.target, model, count, workload.request_timeout_s, vocab_size=self.vocab_size
+            )
+
+        async with more_workers(workers) as load:
             await self._wait_healthy(server, load)
+            await self._pulls_done()
             total = sum(workload.blocks_at(c) for c in workload.concurrencies)
             for concurrency in workload.concurrencies:
                 if workload.warmup_requests:
@@ -248,8 +291,16 @@ class RoundRunner:
                     _raise_fault(await load.run_block(warmup, concurrency))
                 for block in range(workload.blocks_at(concurrency)):
                     prompts = self._block(concurrency, block)
-                    result = await load.run_block(prompts, concurrency)
+                    began = time.perf_counter_ns()
+                    measured = await measure_block(
+                        load, prompts, concurrency, more_workers=more_workers, cores=self.cores
+                    )
+                    result = measured.result
+                    run.measured_from_ns = run.measured_from_ns or began
+                    run.measured_to_ns = time.perf_counter_ns()
                     run.blocks.append((concurrency, block, result))
+                    if measured.remeasured:
+                        run.remeasured[concurrency, block] = measured.remeasured
                     _raise_fault(result)
                     self.ctx.emit(
                         Phase.MEASURE,
@@ -261,13 +312,16 @@ class RoundRunner:
 
     async def _wait_healthy(self, server: Server, load: LoadGenerator) -> None:
         deadline = time.monotonic() + self.spec.startup_deadline_s
-        while time.monotonic() < deadline:
+        while (tick := time.monotonic()) < deadline:
             if (ended := await server.exited()) is not None:
                 reason = ReasonCode.OOM if ended.oom else ReasonCode.CRASHED
                 raise LaunchFault(reason, f"exited with code {ended.code} before it was healthy")
             if await load.health() == 200:
                 return
+            pulling = self._pulling()
             await asyncio.sleep(HEALTH_POLL_S)
+            if pulling:  # the start-up shared the host with another image's pull
+                deadline += time.monotonic() - tick
         raise LaunchFault(
             ReasonCode.STARTUP_TIMEOUT,
             f"not healthy within startup_deadline_s={self.spec.startup_deadline_s:g}",
@@ -293,10 +347,14 @@ class RoundRunner:
                 contestant=run.key,
                 started_ns=run.started_ns,
                 ended_ns=run.ended_ns,
+                measured_from_ns=None if run.fault else run.measured_from_ns,
+                measured_to_ns=None if run.fault else run.measured_to_ns,
                 levels=()
                 if run.fault
                 else tuple(
-                    self._level(c, b, result, baseline, gaps[run.index])
+                    self._level(c, b, result, baseline, gaps[run.index]).model_copy(
+                        update={"remeasured": run.remeasured.get((c, b), 0)}
+                    )
                     for c, b, result in run.blocks
                 ),
                 outcome=Outcome.FAIL if run.fault else None,

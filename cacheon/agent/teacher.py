@@ -28,11 +28,12 @@ baseline's own failure wins over a refusal seen beside it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -299,7 +300,8 @@ async def score_responses(
         if key not in cache:
             cache[key] = await teacher.tokenize_chat(prompts[key])
 
-    await _each([ids_of(key) for key in dict.fromkeys(r.key for r in responses)], concurrency)
+    keys = dict.fromkeys(r.key for r in responses)
+    await _each([functools.partial(ids_of, key) for key in keys], concurrency)
     chosen = select_scored({r.key: len(cache[r.key]) for r in responses}, thresholds, seed)
     checked = text_sample([r.key for r in responses if r.text is not None], thresholds, seed)
     teacher.cost.skipped.extend(r.key for r in responses if r.key not in chosen)
@@ -319,7 +321,9 @@ async def score_responses(
             text = await _theirs(r.key, lambda: teacher.detokenize(visible), control)
         return score_response(r, ref, thresholds, eos_ids=eos_ids, detokenized=text)
 
-    return await _each([one(r) for r in responses if r.key in chosen], concurrency)
+    return await _each(
+        [functools.partial(one, r) for r in responses if r.key in chosen], concurrency
+    )
 
 
 async def _theirs(
@@ -345,9 +349,10 @@ async def _theirs(
             ) from again
 
 
-async def _each(work: Sequence[Coroutine[Any, Any, _T]], concurrency: int) -> list[_T]:
-    """Run `work`, `concurrency` at a time; the first failure cancels the rest and comes out as
-    one exception: the baseline's own failure if any, else a refusal, else the first other."""
+async def _each(work: Sequence[Callable[[], Awaitable[_T]]], concurrency: int) -> list[_T]:
+    """Run `work`, `concurrency` at a time (each started only once it holds the gate, so none is
+    left unawaited when the rest are cancelled); the first failure cancels the rest and comes
+    out as one exception: the baseline's own failure if any, else a refusal, else the first."""
     gate = asyncio.Semaphore(concurrency)
     try:
         async with asyncio.TaskGroup() as group:
@@ -378,6 +383,6 @@ def _visible(ids: Sequence[int], eos_ids: frozenset[int]) -> list[int]:
     return list(ids[:-1]) if ids and ids[-1] in eos_ids else list(ids)
 
 
-async def _limited(gate: asyncio.Semaphore, work: Awaitable[_T]) -> _T:
+async def _limited(gate: asyncio.Semaphore, work: Callable[[], Awaitable[_T]]) -> _T:
     async with gate:
-        return await work
+        return await work()

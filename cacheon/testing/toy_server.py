@@ -74,6 +74,44 @@ class Fault(StrEnum):
     WRONG_CONTENT_TYPE = "wrong_content_type"  # the stream labelled application/json
     HTTP_500_LATER = "http_500_later"  # the 50th chat request and every later one answer 500
     CRASH_LATER = "crash_later"  # exits on the 100th chat request
+    # attacks on the round itself (issue 17), tuned by `Attack`
+    COMMENT_PADDING = "comment_padding"  # `padding` comment events before every token chunk
+    PADDING_AT_TOP = "padding_at_top"  # the same, only while `pad_in_flight` requests are in flight
+    PADDING_WITHIN_LIMITS = "padding_within_limits"  # pads each token to the contract's limits
+    OUT_OF_VOCAB = "out_of_vocab"  # one token id `bad_token_id` in the `bad_token_at`-th response
+    SLOW_AFTER = "slow_after"  # `slow_factor` times slower once the clock passes a moment
+
+
+@dataclass(frozen=True)
+class Attack:
+    """The parameters of the attacks on a round's integrity (the last `Fault` values).
+
+    A server cannot remember across containers, so a leader that wants its second launch to
+    differ from its first uses what it can see, the clock: `slow_after_epoch_s` is that moment,
+    which a test sets between the leader's two launches.
+    """
+
+    padding: int = 5000
+    """Empty comment events (`:` and a blank line, 3 bytes each) written before every token
+    chunk, in one write, as a strategic miner tried it against the client."""
+    pad_in_flight: int = 4
+    """PADDING_AT_TOP pads only while at least this many chat requests are in flight: the top
+    concurrency level, so the client saturates on one level's blocks only."""
+    bad_token_at: int = 3
+    """OUT_OF_VOCAB: which chat response (1-based, warm-ups included) carries the bad id."""
+    bad_token_id: int = 2_000_000_000
+    slow_after_epoch_s: float = 0.0
+    """SLOW_AFTER: requests arriving after this unix time are decoded `slow_factor` times slower
+    (0: from the start)."""
+    slow_factor: float = 3.0
+
+
+PAD_LIMIT_EVENTS = 3
+"""PADDING_WITHIN_LIMITS: comment events after every token chunk (the contract allows 4 events
+a token, the token's own included)..."""
+PAD_LIMIT_BYTES = 8 << 10
+"""...that bring each token's bytes up to this (the contract's bytes a token), each event written
+on its own so that it arrives in its own read: the costliest stream the limits allow."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +122,7 @@ class Knobs:
     vocab_size: int = 512
     cheat: Cheat = Cheat.NONE
     cheat_scale: float = 0.0
+    attack: Attack = field(default_factory=Attack)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -98,6 +137,7 @@ class Knobs:
             vocab_size=int(raw.get("vocab_size", 512)),
             cheat=Cheat(raw.get("cheat", Cheat.NONE)),
             cheat_scale=float(raw.get("cheat_scale", 0.0)),
+            attack=Attack(**raw.get("attack", {})),
         )
 
 
@@ -146,6 +186,7 @@ class ToyServer:
         self.started = time.monotonic()
         self.slots = asyncio.Semaphore(knobs.speed.max_batch)
         self.counter = 0
+        self.in_flight = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
@@ -210,9 +251,13 @@ class ToyServer:
             await stream.event({"role": "assistant", "content": ""})
             for _ in range(3):
                 await stream.event({"content": ""})
-        async with self.slots:
-            await self._decode(stream, prompt, max_tokens, arrived)
-        await stream.finish()
+        self.in_flight += 1
+        try:
+            async with self.slots:
+                await self._decode(stream, prompt, max_tokens, arrived, self.counter)
+            await stream.finish()
+        finally:
+            self.in_flight -= 1
 
     def _model_in_reply(self) -> str:
         return (
@@ -220,19 +265,29 @@ class ToyServer:
         )
 
     async def _decode(
-        self, stream: _Stream, prompt: list[int], max_tokens: int, arrived: float
+        self, stream: _Stream, prompt: list[int], max_tokens: int, arrived: float, number: int
     ) -> None:
-        speed, fault = self.knobs.speed, self.knobs.fault
+        speed, fault, attack = self.knobs.speed, self.knobs.fault, self.knobs.attack
         limit = 1 << 30 if fault is Fault.INFINITE_STREAM else max_tokens
         dists = _grouped(self.decoder.continuation(prompt, limit), speed.tokens_per_event)
-        due = arrived + speed.ttft_s
+        slow = attack.slow_factor if fault is Fault.SLOW_AFTER and self._late() else 1.0
+        bad = (
+            attack.bad_token_id
+            if fault is Fault.OUT_OF_VOCAB and number == attack.bad_token_at
+            else None
+        )
+        due = arrived + speed.ttft_s * slow
         if fault is not Fault.FAKE_TTFT:
             await _sleep_until(due)
             await stream.event({"role": "assistant", "content": ""})
         start = 0
         for group, last in dists:
             await _sleep_until(due)
-            due += speed.token_s * len(group)
+            due += speed.token_s * len(group) * slow
+            if fault is Fault.COMMENT_PADDING or (
+                fault is Fault.PADDING_AT_TOP and self.in_flight >= attack.pad_in_flight
+            ):
+                await stream.raw(b":\n\n" * attack.padding)
             if fault is Fault.MALFORMED_SSE and start >= 3:
                 await stream.raw(b'data: {"choices": [{"delta": \n\n')
                 return
@@ -246,10 +301,16 @@ class ToyServer:
             if fault is Fault.HUGE_CHUNK and start >= 2:
                 await stream.event({"content": "x" * (32 << 20)})
             finish = ("stop" if group[-1].top[0][0] == EOS else "length") if last else None
-            await stream.tokens(
-                self.lm, group, finish, with_ids=fault is not Fault.MISSING_TOKEN_IDS
+            written = await stream.tokens(
+                self.lm, group, finish, with_ids=fault is not Fault.MISSING_TOKEN_IDS, bad=bad
             )
+            bad = None
+            if fault is Fault.PADDING_WITHIN_LIMITS:
+                await stream.pad(PAD_LIMIT_BYTES * len(group) - written, PAD_LIMIT_EVENTS)
             start += len(group)
+
+    def _late(self) -> bool:
+        return time.time() >= self.knobs.attack.slow_after_epoch_s
 
 
 def _grouped(dists: Iterator[Distribution], size: int) -> Iterator[tuple[list[Distribution], bool]]:
@@ -311,14 +372,23 @@ class _Stream:
         await self.raw(self._chunk([choice]))
 
     async def tokens(
-        self, lm: ToyLM, group: list[Distribution], finish: str | None, *, with_ids: bool
-    ) -> None:
+        self,
+        lm: ToyLM,
+        group: list[Distribution],
+        finish: str | None,
+        *,
+        with_ids: bool,
+        bad: int | None = None,
+    ) -> int:
+        """Stream one token event; returns its size. `bad` replaces the first token's id."""
+
         def name(token: int) -> str:
             return f"token_id:{token}" if with_ids else lm.words[token]
 
         content = []
-        for dist in group:
+        for position, dist in enumerate(group):
             token, logprob = dist.top[0]
+            token = bad if bad is not None and position == 0 else token
             top = [{"token": name(t), "logprob": lp} for t, lp in dist.top]
             content.append({"token": name(token), "logprob": logprob, "top_logprobs": top})
         text = lm.detokenize([d.top[0][0] for d in group if d.top[0][0] != EOS])
@@ -329,7 +399,14 @@ class _Stream:
             "finish_reason": finish,
         }
         self.completion_tokens += len(group)
-        await self.raw(self._chunk([choice]))
+        chunk = self._chunk([choice])
+        await self.raw(chunk)
+        return len(chunk)
+
+    async def pad(self, size: int, events: int) -> None:
+        """`events` comment events of about `size` bytes in all, each in its own write."""
+        for _ in range(events):
+            await self.raw(b":" + b"p" * max(0, size // events - 3) + b"\n\n")
 
     async def finish(self) -> None:
         usage = {"prompt_tokens": 0, "completion_tokens": self.completion_tokens}
