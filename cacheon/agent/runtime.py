@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import docker
 import docker.errors
@@ -130,6 +130,69 @@ _DIGEST_REF = re.compile(r"^(?P<repo>[^@\s]+)@(?P<digest>sha256:[0-9a-f]{64})$")
 _NOT_FOUND = ("manifest unknown", "not found", "unauthorized", "denied", "invalid reference")
 
 
+def container_options(profile: RunProfile, spec: ServerSpec) -> dict[str, Any]:
+    """The run profile (DESIGN.md §4.8) as keyword arguments of the docker SDK's `containers.run`.
+
+    One definition for the agent's launches and for `cacheon-miner serve-leader`, which runs the
+    leader under the same profile with only its network changed.
+    """
+    tmpfs = f"rw,nosuid,nodev,size={profile.tmpfs_bytes}"
+    return {
+        "environment": {
+            "PORT": str(PORT),
+            "MODEL_PATH": MODEL_MOUNT,
+            "SERVED_MODEL_NAME": spec.served_model_name,
+            "MAX_MODEL_LEN": str(spec.max_model_len),
+            "HF_HUB_OFFLINE": "1",
+        },
+        "network_mode": "none",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "read_only": True,
+        "tmpfs": {path: tmpfs for path in SCRATCH_DIRS},
+        "shm_size": profile.shm_bytes,
+        "ulimits": [
+            docker.types.Ulimit(
+                name="memlock", soft=profile.memlock_bytes, hard=profile.memlock_bytes
+            )
+        ],
+        "pids_limit": profile.pids,
+        "mem_limit": profile.memory_bytes,
+        "memswap_limit": profile.memory_bytes,
+        "volumes": {spec.model_path: {"bind": MODEL_MOUNT, "mode": "ro"}},
+        "log_config": docker.types.LogConfig(
+            type="json-file", config={"max-size": "10m", "max-file": "2"}
+        ),
+        "device_requests": (
+            [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])] if profile.gpus else []
+        ),
+    }
+
+
+def check_pulled(image: str, attrs: Mapping[str, Any]) -> ImageFacts:
+    """The facts of the pulled `image` (the engine's inspect `attrs`); DIGEST_MISMATCH unless
+    the engine holds it under the very digest reference asked for.
+
+    The engine names Docker Hub images in `RepoDigests` without `docker.io/` (and `library/`),
+    while a canonical reference always has the host: both spellings of one reference match.
+    """
+    held = attrs.get("RepoDigests") or []
+    if image not in held and _familiar(image) not in held:
+        raise LaunchFault(ReasonCode.DIGEST_MISMATCH, f"the engine pulled {held} for {image}")
+    return ImageFacts(
+        digest=image.rpartition("@")[2],
+        config_digest=attrs.get("Id"),
+        layer_diff_ids=tuple((attrs.get("RootFS") or {}).get("Layers", ())),
+    )
+
+
+def _familiar(image: str) -> str:
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if image.startswith(prefix):
+            return image.removeprefix(prefix)
+    return image
+
+
 class DockerRuntime:
     def __init__(self, client: docker.DockerClient, profile: RunProfile, spec: ServerSpec) -> None:
         self.client = client
@@ -156,16 +219,7 @@ class DockerRuntime:
             if isinstance(exc, docker.errors.NotFound) or any(m in text for m in _NOT_FOUND):
                 raise LaunchFault(ReasonCode.PULL_FAILED, text[:500]) from None
             raise LaunchFault(ReasonCode.REGISTRY_UNAVAILABLE, text[:500]) from None
-        if image not in pulled.attrs.get("RepoDigests", []):
-            raise LaunchFault(
-                ReasonCode.DIGEST_MISMATCH,
-                f"the engine pulled {pulled.attrs.get('RepoDigests')} for {image}",
-            )
-        return ImageFacts(
-            digest=match["digest"],
-            config_digest=pulled.id,
-            layer_diff_ids=tuple(pulled.attrs.get("RootFS", {}).get("Layers", ())),
-        )
+        return check_pulled(image, pulled.attrs)
 
     async def start(self, image: str, name: str, log_file: Path) -> Server:
         try:
@@ -179,43 +233,12 @@ class DockerRuntime:
 
     def _run(self, image: str, name: str) -> Container:
         """Start `image` detached under the run profile (DESIGN.md §4.8). Blocking (docker SDK)."""
-        profile, spec = self.profile, self.spec
-        tmpfs = f"rw,nosuid,nodev,size={profile.tmpfs_bytes}"
         return self.client.containers.run(
             image,
             detach=True,
             name=name,
             labels={LABEL: "1"},
-            environment={
-                "PORT": str(PORT),
-                "MODEL_PATH": MODEL_MOUNT,
-                "SERVED_MODEL_NAME": spec.served_model_name,
-                "MAX_MODEL_LEN": str(spec.max_model_len),
-                "HF_HUB_OFFLINE": "1",
-            },
-            network_mode="none",
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            read_only=True,
-            tmpfs={path: tmpfs for path in SCRATCH_DIRS},
-            shm_size=profile.shm_bytes,
-            ulimits=[
-                docker.types.Ulimit(
-                    name="memlock", soft=profile.memlock_bytes, hard=profile.memlock_bytes
-                )
-            ],
-            pids_limit=profile.pids,
-            mem_limit=profile.memory_bytes,
-            memswap_limit=profile.memory_bytes,
-            volumes={spec.model_path: {"bind": MODEL_MOUNT, "mode": "ro"}},
-            log_config=docker.types.LogConfig(
-                type="json-file", config={"max-size": "10m", "max-file": "2"}
-            ),
-            device_requests=(
-                [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
-                if profile.gpus
-                else []
-            ),
+            **container_options(self.profile, self.spec),
         )
 
 

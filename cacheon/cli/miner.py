@@ -27,7 +27,7 @@ from cacheon.chain.errors import ChainFailure, NotRegistered, QuotaExceeded
 from cacheon.chain.firstseen import holders_on_chain
 from cacheon.chain.registry import RegistryProblem, fetch_manifest
 from cacheon.chain.wallet import Wallet, WalletError, hotkey_address, open_wallet
-from cacheon.cli import check
+from cacheon.cli import check, serve_leader
 from cacheon.cli.common import (
     EXIT_FAILED,
     EXIT_USAGE,
@@ -55,7 +55,8 @@ class Failed(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = make_parser(
         "cacheon-miner",
-        "Cacheon miner tools: check a server image locally, commit it on chain and follow it.",
+        "Cacheon miner tools: check a server image locally, commit it on chain, follow it, and"
+        " serve the current leader.",
         "cacheon-miner check docker.io/alice/fast-qwen@sha256:4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f --model-path ~/models/qwen",
         "cacheon-miner commit docker.io/alice/fast-qwen@sha256:4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f4f --wallet.name miner --wallet.hotkey default",
         "cacheon-miner status --report-url https://validator.example/cacheon/public/latest.json",
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_settings_arguments(status)
     check.add_parser(commands)
+    serve_leader.add_parser(commands)
     return parser
 
 
@@ -104,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(_commit(settings, args.image, args.yes, args.check_registry))
         elif args.command == "check":
             return asyncio.run(check.check(settings, args, out))
+        elif args.command == "serve-leader":
+            return serve_leader.serve_leader(settings, args, out)
         else:
             asyncio.run(_status(settings, args.report_url))
-    except (Failed, check.CheckFailed) as exc:
+    except (Failed, check.CheckFailed, serve_leader.ServeFailed) as exc:
         err.print(f"error: {exc}", highlight=False, soft_wrap=True)
         return exc.code
     except KeyboardInterrupt:
