@@ -264,7 +264,8 @@ class JobSpec(_Model):
     """A probe job samples the GPUs (clocks, throttling) this long before it reports."""
     base_layers: tuple[str, ...] = ()
     """Diff ids of the base layers (the baseline's, reference and public images', §4.6): files
-    the agent fingerprints from them are not an image's own."""
+    the agent fingerprints from them are not an image's own. Empty: no image is fingerprinted,
+    since the shared base would pass for every image's own work."""
 
 
 class ProgressEvent(_Model):

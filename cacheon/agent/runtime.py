@@ -8,6 +8,11 @@ limits, the model read-only and no other host path, all GPUs when there are any.
 actually enforced is read back from the kernel (`limits.read_enforced`), since Docker-in-Docker
 providers may silently drop cgroup limits.
 
+A pull also fingerprints the image's files for the file-level copy check (`fingerprint.py`): the
+image is on the pod anyway, and a pull never runs while a launch measures, so the disk reading and
+hashing that a large image costs is in nobody's timing. A save that cannot be read is ours to fix,
+never a reason to skip the check: the launch ends as AGENT_FAILED (NO_DECISION).
+
 `ProcessRuntime` has the same interface and runs a command per image on this host, for local
 development and for timing a server on a GPU machine without Docker.
 """
@@ -30,6 +35,7 @@ import docker.errors
 import docker.types
 from docker.models.containers import Container
 
+from cacheon.agent.fingerprint import FingerprintError, fingerprint_image
 from cacheon.agent.limits import memlock_ceiling, read_enforced
 from cacheon.agent.loadgen import Target
 from cacheon.log import get_logger
@@ -62,6 +68,8 @@ class ServerSpec:
     served_model_name: str
     model_path: str
     max_model_len: int
+    base_layers: frozenset[str] = frozenset()
+    """The job's base layers: files from them are not an image's own (DESIGN.md §4.6)."""
 
 
 @dataclass(frozen=True)
@@ -219,7 +227,12 @@ class DockerRuntime:
             if isinstance(exc, docker.errors.NotFound) or any(m in text for m in _NOT_FOUND):
                 raise LaunchFault(ReasonCode.PULL_FAILED, text[:500]) from None
             raise LaunchFault(ReasonCode.REGISTRY_UNAVAILABLE, text[:500]) from None
-        return check_pulled(image, pulled.attrs)
+        facts = check_pulled(image, pulled.attrs)
+        try:
+            files = await fingerprint_image(pulled, facts.layer_diff_ids, self.spec.base_layers)
+        except FingerprintError as exc:
+            raise LaunchFault(ReasonCode.AGENT_FAILED, str(exc)[:500]) from None
+        return facts.model_copy(update={"files": files})
 
     async def start(self, image: str, name: str, log_file: Path) -> Server:
         try:

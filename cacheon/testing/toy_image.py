@@ -6,7 +6,9 @@ filesystem is assembled from the interpreter running this code: its binary, the 
 busybox for a shell. That works on any Linux host with no package download, unlike debootstrap
 (90 s and a mirror). The base image is imported once per daemon; each toy image is a two-line
 build on top of it (its knobs and command), so images differ only in their config and share one
-layer in the registry.
+layer in the registry. A `Payload` adds a layer of seeded files, as a miner's own work would (the
+file-level copy check compares those); it is generated into a build context on disk, so a large
+image never sits in memory.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import functools
 import hashlib
 import io
 import json
+import random
 import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tarfile
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import docker.errors
 
@@ -31,6 +37,9 @@ import cacheon.testing
 from cacheon.testing import toy_lm, toy_server
 from cacheon.testing.services import DockerDaemon, Registry, ServiceError
 from cacheon.testing.toy_server import Knobs
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 PYTHON = "/usr/local/bin/python3"
 PYTHON_HOME = "/usr/local"
@@ -146,6 +155,37 @@ def toy_command(knobs: Knobs) -> list[str]:
     return [PYTHON, SERVER, "--knobs", knobs.to_json()]
 
 
+@dataclass(frozen=True)
+class Payload:
+    """Files of seeded random content under `root`, one per size: a toy miner's own work."""
+
+    root: str
+    sizes: tuple[int, ...]
+    seed: int = 0
+
+    def files(self) -> Iterator[tuple[str, int, BinaryIO]]:
+        """(path, size, content) of every file; the content is generated as it is read."""
+        for i, size in enumerate(self.sizes):
+            path = f"{self.root}/{i // 1000:03d}/{i:06d}.bin"
+            yield path, size, io.BufferedReader(_SeededBytes(f"{self.seed}/{i}", size), 1 << 20)
+
+
+class _SeededBytes(io.RawIOBase):
+    def __init__(self, seed: str, size: int) -> None:
+        self._rng = random.Random(seed)  # noqa: S311 (test content, not a secret)
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        out = memoryview(buffer).cast("B")
+        size = min(len(out), self._left)
+        out[:size] = self._rng.randbytes(size)
+        self._left -= size
+        return size
+
+
 def push_toy_image(
     daemon: DockerDaemon,
     registry: Registry,
@@ -154,36 +194,59 @@ def push_toy_image(
     *,
     command: Sequence[str] | None = None,
     extra_files: dict[str, bytes] | None = None,
+    payload: Payload | None = None,
+    push: bool = True,
 ) -> str:
     """Build a toy contestant image, push it, and return its canonical digest reference.
 
     By default the image runs the toy server with `knobs`; `command` replaces that (an isolation
-    probe, say), with `extra_files` copied in at their absolute paths.
+    probe, say), with `extra_files` copied in at their absolute paths and `payload` in a layer of
+    its own. With `push` False the image stays in the daemon, tagged, and its tag is returned.
     """
     client = daemon.client()
     try:
         argv = list(command) if command is not None else toy_command(knobs or Knobs())
-        context = io.BytesIO()
-        with tarfile.open(fileobj=context, mode="w") as tar:
-            copies = "".join(
-                f"COPY files/{i} {path}\n" for i, path in enumerate(sorted(extra_files or {}))
-            )
-            for i, path in enumerate(sorted(extra_files or {})):
-                _add_bytes(tar, f"files/{i}", (extra_files or {})[path])
-            dockerfile = f"FROM {_base_image(client)}\n{copies}CMD {json.dumps(argv)}\n"
-            _add_bytes(tar, "Dockerfile", dockerfile.encode(), 0o644)
         target = f"{registry.host}/{repository}"
-        client.images.build(
-            fileobj=io.BytesIO(context.getvalue()), custom_context=True, tag=target, rm=True
-        )
-        digest = None
-        for event in client.api.push(target, tag="latest", stream=True, decode=True):
-            if "error" in event:
-                raise ServiceError(f"push {target}: {event['error']}")
-            digest = event.get("aux", {}).get("Digest", digest)
-        if digest is None:
-            raise ServiceError(f"push {target}: the registry returned no digest")
-        client.images.remove(target, noprune=True)
-        return f"{target}@{digest}"
+        with tempfile.TemporaryFile() as context:
+            with tarfile.open(fileobj=context, mode="w") as tar:
+                copies = "".join(
+                    f"COPY files/{i} {path}\n" for i, path in enumerate(sorted(extra_files or {}))
+                )
+                for i, path in enumerate(sorted(extra_files or {})):
+                    _add_bytes(tar, f"files/{i}", (extra_files or {})[path])
+                if payload is not None:
+                    copies += f"COPY payload/ {payload.root}/\n"
+                    for path, size, content in payload.files():
+                        info = tarfile.TarInfo(f"payload/{path.removeprefix(payload.root)}")
+                        info.size, info.mode = size, 0o644
+                        tar.addfile(info, content)
+                dockerfile = f"FROM {_base_image(client)}\n{copies}CMD {json.dumps(argv)}\n"
+                _add_bytes(tar, "Dockerfile", dockerfile.encode(), 0o644)
+            context.seek(0)
+            client.images.build(fileobj=context, custom_context=True, tag=target, rm=True)
+        return push_tagged(client, target) if push else target
+    finally:
+        client.close()
+
+
+def push_tagged(client: docker.DockerClient, target: str) -> str:
+    """Push the daemon's `target` (a tag without a version), untag it, return its digest ref."""
+    digest = None
+    for event in client.api.push(target, tag="latest", stream=True, decode=True):
+        if "error" in event:
+            raise ServiceError(f"push {target}: {event['error']}")
+        digest = event.get("aux", {}).get("Digest", digest)
+    if digest is None:
+        raise ServiceError(f"push {target}: the registry returned no digest")
+    client.images.remove(target, noprune=True)
+    return f"{target}@{digest}"
+
+
+def base_layers(daemon: DockerDaemon) -> tuple[str, ...]:
+    """The diff ids of the toy base image: the layers every toy image shares by right."""
+    client = daemon.client()
+    try:
+        image = client.images.get(_base_image(client))
+        return tuple(image.attrs["RootFS"]["Layers"])
     finally:
         client.close()
