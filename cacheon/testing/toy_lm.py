@@ -23,6 +23,20 @@ from typing import Any
 EOS = 0
 """The end-of-sequence token id; `finish_reason` is `stop` when the model picks it."""
 TOP_LOGPROBS = 5
+NEAR_TIE_SEEDS = 1 << 20
+"""Seeds from here on build the near-tie variant of a model (`near_tie_seed`). The toy server
+hands its model nothing but a seed and a vocabulary size, so the variant is a range of seeds;
+seeds below it are the models every earlier test was written against, unchanged."""
+EOS_TIE_SHARE = 0.08
+"""In the near-tie variant, the share of contexts where EOS is a near-tie (where it does not
+already lead)."""
+EOS_TIE_GAP = (0.25, 0.45)
+"""How far behind the argmax such an EOS is, in nats: inside the gate's default ε_tie of 0.5, so
+a server may stop there although the reference goes on."""
+STOP_SHARE = 0.1
+"""The share of responses the near-tie stopper (`Cheat.NEAR_TIE_STOP`) cuts short."""
+STOP_TIE = 0.5
+"""Where the near-tie stopper may stop: EOS within this many nats of the argmax (the gate's ε_tie)."""
 
 
 class Cheat(StrEnum):
@@ -38,6 +52,9 @@ class Cheat(StrEnum):
     REPLAY = "replay"  # the first answer replayed for every later prompt
     SAMPLING = "sampling"  # ignores temperature 0: samples at temperature = scale, top_p 0.8
     LOGIT_NOISE = "logit_noise"  # a fixed gaussian perturbation of the logits, sd = scale
+    NEAR_TIE_STOP = "near_tie_stop"  # one response in ten stops at a near-tie EOS, half-way
+    NUDGED_LOGPROBS = "nudged_logprobs"  # greedy tokens, every logprob moved by up to ±scale
+    TIE_SAMPLING = "tie_sampling"  # samples among the tokens within scale nats of the argmax
 
 
 _SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "ta", "vi", "so", "pe", "du", "ga", "ri", "zo", "be")
@@ -59,10 +76,17 @@ class ToyLM:
     A gives every token a strongly preferred successor, so the distribution is peaked (the argmax
     usually holds most of the mass) and greedy text is varied rather than cyclic after a few
     tokens; B adds a weaker dependence on the token before. EOS leads in about 1% of contexts.
+
+    The near-tie variant (a seed from `NEAR_TIE_SEEDS` on) is the same model with EOS moved to a
+    fraction of a nat behind the argmax in `EOS_TIE_SHARE` of the other contexts: greedy text is
+    unchanged, but it passes places where a server could stop and still pass the gate's EOS check.
     """
 
     def __init__(self, seed: int = 0, vocab_size: int = 512) -> None:
-        rng = random.Random(seed)  # noqa: S311 (a reproducible model, not a secret)
+        base = seed % NEAR_TIE_SEEDS
+        rng = random.Random(base)  # noqa: S311 (a reproducible model, not a secret)
+        self.seed = base
+        self.eos_ties = seed >= NEAR_TIE_SEEDS
         self.vocab_size = vocab_size
         self.words = ("<eos>", *(self._word(i, rng) for i in range(1, vocab_size)))
         self._ids = {word: i for i, word in enumerate(self.words)}
@@ -113,11 +137,25 @@ class ToyLM:
     def next(self, prev2: int, prev1: int) -> Distribution:
         a, b = self._a[prev1], self._b[prev2]
         logits = [x + y for x, y in zip(a, b, strict=True)]
+        if self.eos_ties:
+            self._tie_eos(logits, prev2, prev1)
         peak = max(logits)
         log_z = peak + math.log(math.fsum(math.exp(x - peak) for x in logits))
         logprobs = tuple(x - log_z for x in logits)
         order = sorted(range(self.vocab_size), key=logprobs.__getitem__, reverse=True)
         return Distribution(tuple((i, logprobs[i]) for i in order[:TOP_LOGPROBS]), logprobs)
+
+    def _tie_eos(self, logits: list[float], prev2: int, prev1: int) -> None:
+        """Put EOS just behind the argmax in a fixed `EOS_TIE_SHARE` of the contexts where it
+        does not lead."""
+        best = max(logits[1:])
+        if logits[EOS] >= best:
+            return
+        digest = hashlib.sha256(struct.pack("<3I", self.seed, prev2, prev1)).digest()
+        u = int.from_bytes(digest[:8], "big") / (1 << 64)
+        if u < EOS_TIE_SHARE:
+            low, high = EOS_TIE_GAP
+            logits[EOS] = best - (low + (high - low) * u / EOS_TIE_SHARE)
 
     def greedy(self, prompt: list[int], max_tokens: int) -> Iterator[Distribution]:
         """The distributions of the greedy continuation; its tokens are their argmaxes."""
@@ -128,6 +166,16 @@ class ToyLM:
             if dist.top[0][0] == EOS:
                 return
             prev2, prev1 = prev1, dist.top[0][0]
+
+
+def near_tie_seed(seed: int) -> int:
+    """The seed of model `seed`'s near-tie variant: the same model with near-tie EOS positions."""
+    return NEAR_TIE_SEEDS + seed % NEAR_TIE_SEEDS
+
+
+def eos_near_tie(dist: Distribution, within: float) -> bool:
+    """EOS is not the argmax here but within `within` nats of it: a stop the gate lets pass."""
+    return dist.top[0][0] != EOS and dist.top[0][1] - dist.logprobs[EOS] <= within
 
 
 def _top_of(logprobs: Sequence[float], k: int) -> tuple[tuple[int, float], ...]:
@@ -152,6 +200,8 @@ class Decoder:
     def __init__(self, lm: ToyLM, cheat: Cheat, scale: float, seed: int) -> None:
         self.lm, self.cheat, self.scale, self.seed = lm, cheat, scale, seed
         self.replayed: list[Distribution] | None = None
+        self.owed = 0.0
+        """Cuts the near-tie stopper owes: it cuts one request in ten, not a random tenth."""
 
     def continuation(self, prompt: list[int], max_tokens: int) -> Iterator[Distribution]:
         if self.cheat is Cheat.NONE:
@@ -161,7 +211,38 @@ class Decoder:
         if self.cheat is Cheat.REPLAY:  # one long answer, cut to each later request's max_tokens
             self.replayed = list(self._steps(prompt, 4096))
             return iter(self.replayed[:max_tokens])
+        if self.cheat is Cheat.NEAR_TIE_STOP:
+            return iter(self._near_tie_stop(prompt, max_tokens))
+        if self.cheat is Cheat.NUDGED_LOGPROBS:
+            return self._nudged(prompt, max_tokens)
         return self._steps(prompt, max_tokens)
+
+    def _near_tie_stop(self, prompt: list[int], max_tokens: int) -> list[Distribution]:
+        """The honest answer, except that one in ten (`STOP_SHARE`) stops at the near-tie EOS
+        nearest half its length: every stop is one the gate's EOS check allows, and the output
+        stays inside the length band, so only the speed rule can take the gain away."""
+        honest = list(self.lm.greedy(prompt, max_tokens))
+        ties = [t for t, dist in enumerate(honest) if t > 0 and eos_near_tie(dist, STOP_TIE)]
+        self.owed += STOP_SHARE  # a cut owed is paid at the next answer with a near-tie
+        if self.owed < 1.0 or not ties:
+            return honest
+        self.owed -= 1.0
+        cut = min(ties, key=lambda t: abs(t - len(honest) / 2))
+        dist = honest[cut]
+        others = [pair for pair in dist.top if pair[0] != EOS][: TOP_LOGPROBS - 1]
+        return [*honest[:cut], Distribution(((EOS, dist.logprobs[EOS]), *others), dist.logprobs)]
+
+    def _nudged(self, prompt: list[int], max_tokens: int) -> Iterator[Distribution]:
+        """The greedy answer of the same model with every reported logprob moved by between a
+        tenth of `scale` and `scale`, either way: a copy of the leader that no longer matches it
+        bit for bit, while every gate check still passes."""
+        rng = random.Random(f"{self.seed}/nudge/{prompt}")  # noqa: S311 (a reproducible cheat)
+        for dist in self.lm.greedy(prompt, max_tokens):
+            top = tuple(
+                (token, lp + rng.choice((-1, 1)) * self.scale * rng.uniform(0.1, 1.0))
+                for token, lp in dist.top
+            )
+            yield Distribution(top, dist.logprobs)
 
     def _steps(self, prompt: list[int], max_tokens: int) -> Iterator[Distribution]:
         rng = random.Random(f"{self.seed}/{prompt}")  # noqa: S311 (a reproducible cheat)
@@ -199,6 +280,10 @@ class Decoder:
             return top[1][0]
         if self.cheat is Cheat.GARBAGE and position >= 4:
             return min(range(1, len(logprobs)), key=logprobs.__getitem__)  # never EOS
+        if self.cheat is Cheat.TIE_SAMPLING and best != EOS:
+            # every choice a near-tie, so only how often it leaves the argmax gives it away
+            ties = [t for t, lp in top if t != EOS and top[0][1] - lp <= self.scale]
+            return rng.choice(ties)
         if self.cheat is Cheat.SAMPLING:
             ranked = sorted(range(len(logprobs)), key=logprobs.__getitem__, reverse=True)
             weights = [math.exp(logprobs[i] / self.scale) for i in ranked]
