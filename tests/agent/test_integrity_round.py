@@ -6,7 +6,7 @@ fraction of a nat behind the argmax, where the gate lets a server stop.
 
 - Finding 1: the near-tie stopper cuts one answer in ten in half at such an EOS. It passes the
   gate, and its speed is its honest twin's within the twin's own launch-to-launch noise, while
-  the old rule (k = min(n_baseline, n_contestant, max_tokens)) pays it about 7%.
+  the old rule (k = min(n_baseline, n_contestant, max_tokens)) pays it about 6%.
 - Finding 3c: the leader's engine with every reported logprob nudged (up to 1e-3 nats) is
   flagged a copy of the leader; engines with their own numerics are not.
 - Finding 5: an fp8-like engine (small fixed logit noise: p99 |Δlogprob| ~0.08, near-tie
