@@ -1,39 +1,42 @@
-"""The model's forward over a slot-based KV cache, eager or replayed as CUDA graphs.
+"""The model's forward over a slot-based KV cache, eager or replayed as CUDA graphs, on one
+device or as one rank of a tensor-parallel group.
 
-The decode loop drives the model's own modules' weights with a slot-based KV cache rather than
-calling `model.forward` with a `transformers` cache object: one preallocated cache, sequences
-kept in slots 0..n-1 so that a step reads plain views, and no dependence on the cache API, which
-changes between `transformers` releases. On CUDA, prefill (per prompt-length bucket) and decode
-(per batch-size bucket) run as CUDA graphs: launched kernel by kernel from Python, a 0.5B step
-cost 10-95 ms on an H200 instead of ~3.5 ms. At start-up `self_check` compares the loop's logits
-with `model.forward` (prefill and batched decode), and the graphs with the eager loop, so the
-served model is the `transformers` model.
+The decode loop runs the weights with a slot-based KV cache rather than calling a `transformers`
+model with its cache object: one preallocated cache, sequences kept in slots 0..n-1 so that a
+step reads plain views, and no dependence on the cache API, which changes between releases. On
+CUDA, prefill (per prompt-length bucket) and decode (per batch-size bucket) run as CUDA graphs:
+launched kernel by kernel from Python, a 0.5B step cost 10-95 ms on an H200 instead of ~3.5 ms.
+
+Tensor parallelism (Megatron-style): q|k|v and gate|up are split by columns (whole heads, whole
+MLP slices), o and down by rows with an all-reduce after each, the head by vocabulary with only
+each rank's top 5 and log-sum-exp gathered. Rank 0 runs the scheduler; every step's inputs are
+one command tensor (operation, sizes, token ids, positions) that rank 0 broadcasts and every
+rank then executes, graphs included, so the ranks issue the same collectives in the same order.
+At start-up `self_check` compares the runner's top 5 with a `transformers` reference (small
+shapes) and the graphs with the eager path.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from .model import RMS_EPS, ROPE_THETA, Weights
 from .tokens import BYTE_OFFSET
 
+if TYPE_CHECKING:
+    from .tp import Group
+
 TOP_LOGPROBS = 5
+HEADER = 4
+"""Command layout: [operation, a, b, c], then `width` token ids, then `width` positions."""
+STOP, PREFILL, DECODE, MOVE = range(4)
 
-
-@dataclass(frozen=True)
-class _Layer:
-    ln1: torch.Tensor
-    qkv_w: torch.Tensor
-    qkv_b: torch.Tensor
-    o_w: torch.Tensor
-    ln2: torch.Tensor
-    gate_up_w: torch.Tensor
-    down_w: torch.Tensor
+Top = list[tuple[list[int], list[float]]]
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -42,75 +45,66 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Qwen2Runner:
-    """The model's forward over a slot-based KV cache; sequences live in slots 0..n-1.
+    """Qwen2's forward over a slot-based KV cache; sequences live in slots 0..n-1.
 
     Numerically this is `Qwen2ForCausalLM.forward` (same ops in the same dtypes: RMSNorm in
-    float32, RoPE from the model's `inv_freq`, SDPA with grouped KV heads); the projections are
+    float32, RoPE as `transformers` computes it, SDPA with grouped KV heads); the projections are
     fused (q|k|v, gate|up) to launch fewer kernels per step, since a small model's decode step
-    is bound by kernel launches, not by the GPU.
+    is bound by kernel launches, not by the GPU. With a `group` this is one rank's share.
     """
 
-    def __init__(self, model: Any, context: int, slots: int) -> None:
-        config = model.config
-        if config.hidden_act != "silu":
-            raise ValueError(f"hidden_act {config.hidden_act!r}: only silu is implemented")
-        self.heads = config.num_attention_heads
-        self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.eps = config.rms_norm_eps
+    def __init__(
+        self, weights: Weights, context: int, slots: int, group: Group | None = None
+    ) -> None:
+        shape = weights.shape
+        self.heads, self.kv_heads = shape.local_heads, shape.local_kv_heads
+        self.head_dim = shape.head_dim
         self.context = context
         self.slots = slots
-        self.vocab = config.vocab_size
-        inner = model.model
-        weight = inner.embed_tokens.weight
-        self.device, self.dtype = weight.device, weight.dtype
-        with torch.no_grad():
-            self.layers = [
-                _Layer(
-                    ln1=layer.input_layernorm.weight,
-                    qkv_w=torch.cat(
-                        [
-                            layer.self_attn.q_proj.weight,
-                            layer.self_attn.k_proj.weight,
-                            layer.self_attn.v_proj.weight,
-                        ]
-                    ),
-                    qkv_b=torch.cat(
-                        [
-                            layer.self_attn.q_proj.bias,
-                            layer.self_attn.k_proj.bias,
-                            layer.self_attn.v_proj.bias,
-                        ]
-                    ),
-                    o_w=layer.self_attn.o_proj.weight,
-                    ln2=layer.post_attention_layernorm.weight,
-                    gate_up_w=torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
-                    down_w=layer.mlp.down_proj.weight,
-                )
-                for layer in inner.layers
-            ]
-            self.embed = weight
-            self.norm_w = inner.norm.weight
-            self.head_w = model.lm_head.weight
-            rotary = inner.rotary_emb
-            positions = torch.arange(context, dtype=torch.float32, device=self.device)
-            freqs = positions[:, None] * rotary.inv_freq.float()[None, :]
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self.cos = (emb.cos() * rotary.attention_scaling).to(self.dtype)
-            self.sin = (emb.sin() * rotary.attention_scaling).to(self.dtype)
-            shape = (len(self.layers), slots, self.kv_heads, context, self.head_dim)
-            self.k_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            self.v_cache = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            self._rows = torch.arange(slots, device=self.device)
-            self._positions = torch.arange(context, device=self.device)
+        self.vocab = shape.vocab
+        self.group = group
+        self.vocab_offset = shape.rank * (shape.vocab // shape.world)
+        self.layers = weights.layers
+        self.embed, self.norm_w, self.head_w = weights.embed, weights.norm, weights.head
+        self.device, self.dtype = self.embed.device, self.embed.dtype
+        d = self.head_dim
+        inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, d, 2, dtype=torch.float) / d))
+        positions = torch.arange(context, dtype=torch.float32)
+        emb = torch.cat((positions[:, None] * inv_freq[None, :],) * 2, dim=-1).to(self.device)
+        self.cos = emb.cos().to(self.dtype)
+        self.sin = emb.sin().to(self.dtype)
+        cache = (len(self.layers), slots, self.kv_heads, context, d)
+        self.k_cache = torch.zeros(cache, dtype=self.dtype, device=self.device)
+        self.v_cache = torch.zeros(cache, dtype=self.dtype, device=self.device)
+        self._rows = torch.arange(slots, device=self.device)
+        self._positions = torch.arange(context, device=self.device)
+        self.width = max(slots, context)
+        self._command = torch.zeros(HEADER + 2 * self.width, dtype=torch.long, device=self.device)
+        self._host = (
+            torch.zeros_like(self._command, device="cpu").pin_memory()
+            if self.device.type == "cuda"
+            else self._command
+        )
+        self._ids = self._command[HEADER : HEADER + self.width]
+        self._pos = self._command[HEADER + self.width :]
+        self._decode_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._prefill_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.graphs = False
 
     def cache_bytes(self) -> int:
         return 2 * self.k_cache.numel() * self.k_cache.element_size()
 
+    # --- the forward ---------------------------------------------------------------------------
+
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=RMS_EPS)
         return weight * normed.to(x.dtype)
+
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of a row-parallel layer's partial outputs."""
+        if self.group is not None:
+            self.group.all_reduce(x)
+        return x
 
     def _forward(
         self,
@@ -120,8 +114,8 @@ class Qwen2Runner:
         attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
         last: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x [n, t, hidden] -> logits [n, vocab] (float32) at position `last` (a 1-element
-        index tensor) of each sequence, or at its end."""
+        """x [n, t, hidden] -> this rank's logits [n, vocab / world] (float32) at position `last`
+        (a 1-element index tensor) of each sequence, or at its end."""
         n, t = x.shape[:2]
         heads, kv = self.heads, self.kv_heads
         cos, sin = cos[:, :, None], sin[:, :, None]
@@ -134,11 +128,32 @@ class Qwen2Runner:
             k = qk[:, :, heads:].transpose(1, 2)
             v = qkv[:, :, heads + kv :].transpose(1, 2)
             a = attend(index, q, k, v).transpose(1, 2).reshape(n, t, heads * self.head_dim)
-            x = x + F.linear(a, w.o_w)
+            x = x + self._reduce(F.linear(a, w.o_w))
             gate, up = F.linear(self._norm(x, w.ln2), w.gate_up_w).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w.down_w)
+            x = x + self._reduce(F.linear(F.silu(gate) * up, w.down_w))
         end = x[:, -1] if last is None else x.index_select(1, last)[:, 0]
         return F.linear(self._norm(end, self.norm_w), self.head_w).float()
+
+    def _top(self, logits: torch.Tensor) -> torch.Tensor:
+        """[n, 10]: the top 5 token ids (as float64) then their log-softmax values, equal values
+        lowest id first. Split by vocabulary, each rank's top 5 and log-sum-exp are gathered (11
+        floats a row, not the vocabulary) and merged: the global top 5 is among the ranks' top
+        5s. Logits of a bf16 head are bf16 values, so exact ties at the top are common in a
+        random model; `topk` orders ties as its kernel happens to, so the greedy choice breaks
+        them by the lowest id (argmax's rule) or the paths would pick different tokens."""
+        if self.group is None:
+            values, indices = _ordered(*logits.log_softmax(dim=-1).topk(TOP_LOGPROBS, dim=-1))
+            return torch.cat([indices.double(), values.double()], dim=-1)
+        values, indices = logits.topk(TOP_LOGPROBS, dim=-1)
+        ids = (indices + self.vocab_offset).float()  # exact: ids stay below 2**24
+        local = torch.cat([values, ids, logits.logsumexp(dim=-1, keepdim=True)], dim=-1)
+        every = self.group.all_gather(local)  # [world, n, 11]
+        n = logits.shape[0]
+        lse = every[..., -1].logsumexp(dim=0)
+        candidates = every[..., :TOP_LOGPROBS].permute(1, 0, 2).reshape(n, -1)
+        candidate_ids = every[..., TOP_LOGPROBS:-1].permute(1, 0, 2).reshape(n, -1)
+        best, chosen = _ordered(candidates, candidate_ids.long())
+        return torch.cat([chosen.double(), (best - lse[:, None]).double()], dim=-1)
 
     def _prefill(self, ids: torch.Tensor, slot: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """ids [t] into the cache of slot `slot` (1-element tensors, so a graph can take them);
@@ -176,34 +191,94 @@ class Qwen2Runner:
         x = F.embedding(ids[:, None], self.embed)
         return self._forward(x, self.cos[pos][:, None], self.sin[pos][:, None], attend)
 
-    def prefill(self, slot: int, tokens: list[int]) -> torch.Tensor:
-        """Eager: run a prompt into `slot`'s cache; the logits after its last token [1, vocab]."""
-        ids = torch.tensor(tokens, dtype=torch.long, device=self.device)
-        meta = torch.tensor([slot, len(tokens) - 1], dtype=torch.long, device=self.device)
-        return self._prefill(ids, meta[:1], meta[1:])
+    # --- commands: rank 0 issues them, every rank executes them ---------------------------------
 
-    def decode(self, tokens: list[int], positions: list[int]) -> torch.Tensor:
-        """Eager: one step for the sequences in slots 0..n-1; logits [n, vocab]."""
-        both = torch.tensor([tokens, positions], dtype=torch.long, device=self.device)
-        return self._decode(both[0], both[1], max(positions) + 1)
+    def _issue(
+        self, header: tuple[int, int, int, int], ids: Sequence[int], pos: Sequence[int]
+    ) -> torch.Tensor | None:
+        """Rank 0: write the command, send it to the other ranks, run it here."""
+        host = self._host
+        host[:HEADER] = torch.tensor(header)
+        host[HEADER : HEADER + len(ids)] = torch.tensor(ids, dtype=torch.long)
+        start = HEADER + self.width
+        host[start : start + len(pos)] = torch.tensor(pos, dtype=torch.long)
+        if host is not self._command:  # blocking: the host buffer is rewritten next step
+            self._command.copy_(host)
+        if self.group is not None:
+            self.group.broadcast(self._command)
+        return self._execute(header)
+
+    def _execute(self, header: Sequence[int]) -> torch.Tensor | None:
+        op, a, b, c = header
+        if op == PREFILL:  # a tokens; b its graph's bucket, 0 for eager
+            if b:
+                return self._replay(self._prefill_graphs[b])
+            return self._top(self._prefill(self._ids[:a], self._pos[:1], self._pos[1:2]))
+        if op == DECODE:  # a sequences; b the graph's bucket, 0 for eager; c positions read
+            if b:
+                return self._replay(self._decode_graphs[b])
+            return self._top(self._decode(self._ids[:a], self._pos[:a], c))
+        if op == MOVE:  # slot a to slot b, c positions
+            self.k_cache[:, b, :, :c] = self.k_cache[:, a, :, :c]
+            self.v_cache[:, b, :, :c] = self.v_cache[:, a, :, :c]
+        return None
+
+    def serve(self) -> None:
+        """Ranks other than 0: execute rank 0's commands until it sends STOP."""
+        assert self.group is not None
+        assert self.group.rank > 0
+        while True:
+            self.group.broadcast(self._command)
+            header = self._command[:HEADER].tolist()
+            if header[0] == STOP:
+                return
+            self._execute(header)
+
+    def close(self) -> None:
+        """Rank 0: let the other ranks' `serve` return."""
+        if self.group is not None:
+            self._issue((STOP, 0, 0, 0), (), ())
+
+    def prefill_top(self, slot: int, tokens: list[int]) -> Top:
+        """Greedy choice and top 5 after a prompt, prefilled into `slot`."""
+        t = len(tokens)
+        bucket = next(b for b in self._prefill_graphs if b >= t) if self.graphs else 0
+        padded = tokens + [0] * (bucket - t)
+        top = self._issue((PREFILL, t, bucket, 0), padded, (slot, t - 1))
+        assert top is not None
+        return _rows(top[:1])
+
+    def decode_top(self, tokens: list[int], positions: list[int]) -> Top:
+        """Greedy choice and top 5 for one decode step of slots 0..n-1."""
+        n = len(tokens)
+        bucket = next(b for b in self._decode_graphs if b >= n) if self.graphs else 0
+        pad = [0] * (bucket - n)  # padding rows write position 0 of free slots only
+        header = (DECODE, n, bucket, max(positions) + 1)
+        top = self._issue(header, tokens + pad, positions + pad)
+        assert top is not None
+        return _rows(top[:n])
+
+    def move(self, source: int, target: int, length: int) -> None:
+        """Copy a sequence's cache from one slot to another (keeps slots 0..n-1 dense)."""
+        self._issue((MOVE, source, target, length), (), ())
+
+    # --- CUDA graphs ---------------------------------------------------------------------------
 
     def capture(self) -> None:
-        """Record CUDA graphs: decode steps for batch buckets 1, 2, 4, ... slots (attending the
-        whole context under the mask, so one graph serves every length) and prefills for
-        prompt-length buckets 16, 32, ... context. A 0.5B model's step is ~600 small kernels;
-        launched one by one from Python they cost far more than the GPU work (10-95 ms a step on
-        an H200 here, ~3.5 ms as a graph), which would make the server's Python, not the model,
-        what is measured."""
+        """Record CUDA graphs (every rank, in the same order): decode steps for batch buckets 1,
+        2, 4, ... slots (attending the whole context under the mask, so one graph serves every
+        length) and prefills for prompt-length buckets 16, 32, ... context. A 0.5B model's step
+        is ~600 small kernels; launched one by one from Python they cost far more than the GPU
+        work (10-95 ms a step on an H200 here, ~3.5 ms as a graph), which would make the server's
+        Python, not the model, what is measured. The all-reduces are recorded in the graphs."""
         pool = torch.cuda.graph_pool_handle()
-        self._host = torch.zeros(2, max(self.slots, self.context), dtype=torch.long).pin_memory()
-        self._device_in = torch.zeros_like(self._host, device=self.device)
-        ids, pos = self._device_in[0], self._device_in[1]
+        ids, pos = self._ids, self._pos
 
         def decode_step(n: int) -> torch.Tensor:
-            return _top(self._decode(ids[:n], pos[:n], self.context))
+            return self._top(self._decode(ids[:n], pos[:n], self.context))
 
         def prefill_step(t: int) -> torch.Tensor:
-            return _top(self._prefill(ids[:t], pos[:1], pos[1:2]))
+            return self._top(self._prefill(ids[:t], pos[:1], pos[1:2]))
 
         self._decode_graphs = {
             n: self._record(functools.partial(decode_step, n), pool)
@@ -225,45 +300,15 @@ class Qwen2Runner:
                 fn()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
+        # thread-local: the process group's watchdog thread queries events during a capture
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
             out = fn()
         return graph, out
 
-    def _replay(
-        self, graph: tuple[torch.cuda.CUDAGraph, torch.Tensor], used: int, rows: int
-    ) -> Top:
-        self._device_in[:, :used].copy_(self._host[:, :used], non_blocking=True)
+    @staticmethod
+    def _replay(graph: tuple[torch.cuda.CUDAGraph, torch.Tensor]) -> torch.Tensor:
         graph[0].replay()
-        return _rows(graph[1][:rows])
-
-    def prefill_top(self, slot: int, tokens: list[int]) -> Top:
-        """Greedy choice and top 5 after a prompt, prefilled into `slot`."""
-        if not self.graphs:
-            return _rows(_top(self.prefill(slot, tokens)))
-        t = len(tokens)
-        bucket = next(b for b in self._prefill_graphs if b >= t)
-        self._host[0, :t] = torch.tensor(tokens)
-        self._host[0, t:bucket] = 0
-        self._host[1, :2] = torch.tensor([slot, t - 1])
-        return self._replay(self._prefill_graphs[bucket], bucket, 1)
-
-    def decode_top(self, tokens: list[int], positions: list[int]) -> Top:
-        """Greedy choice and top 5 for one decode step of slots 0..n-1."""
-        if not self.graphs:
-            return _rows(_top(self.decode(tokens, positions)))
-        n = len(tokens)
-        bucket = next(b for b in self._decode_graphs if b >= n)
-        pad = [0] * (bucket - n)  # padding rows write position 0 of free slots only
-        self._host[:, :bucket] = torch.tensor([tokens + pad, positions + pad])
-        return self._replay(self._decode_graphs[bucket], bucket, n)
-
-    def move(self, source: int, target: int, length: int) -> None:
-        """Copy a sequence's cache from one slot to another (keeps slots 0..n-1 dense)."""
-        self.k_cache[:, target, :, :length] = self.k_cache[:, source, :, :length]
-        self.v_cache[:, target, :, :length] = self.v_cache[:, source, :, :length]
-
-
-Top = list[tuple[list[int], list[float]]]
+        return graph[1]
 
 
 def _buckets(low: int, high: int) -> list[int]:
@@ -275,10 +320,13 @@ def _buckets(low: int, high: int) -> list[int]:
     return [*out, high]
 
 
-def _top(logits: torch.Tensor) -> torch.Tensor:
-    """[n, 10]: the top 5 token ids (as float64) then their raw log-softmax values."""
-    values, indices = logits.log_softmax(dim=-1).topk(TOP_LOGPROBS, dim=-1)
-    return torch.cat([indices.double(), values.double()], dim=-1)
+def _ordered(values: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first TOP_LOGPROBS of each row by value, highest first, equal values lowest id first
+    (two stable sorts: by id, then by value)."""
+    by_id = ids.argsort(dim=-1)
+    values, ids = values.gather(-1, by_id), ids.gather(-1, by_id)
+    order = values.argsort(dim=-1, descending=True, stable=True)[:, :TOP_LOGPROBS]
+    return values.gather(-1, order), ids.gather(-1, order)
 
 
 def _rows(top: torch.Tensor) -> Top:
@@ -288,53 +336,72 @@ def _rows(top: torch.Tensor) -> Top:
     ]
 
 
-def self_check(runner: Qwen2Runner, model: Any, seed: int) -> dict[str, float]:
-    """Compare the runner with `model.forward`: two prompts prefilled into slots 0 and 1, then
-    teacher-forced batched decode steps. Returns the worst |diff| relative to the logits' spread
-    and the share of positions whose argmax agrees; with CUDA graphs, also the worst logprob
-    difference between the graphs and the eager path, and their top-1 agreement."""
+def _check_sequences(seed: int) -> tuple[list[list[int]], tuple[int, int], int]:
     generator = torch.Generator().manual_seed(seed)
     lengths, steps = (40, 24), 8
     seqs = [
         torch.randint(BYTE_OFFSET, BYTE_OFFSET + 256, (n + steps,), generator=generator).tolist()
         for n in lengths
     ]
-    worst, agree, total = 0.0, 0, 0
-    eager: Top = []
+    return seqs, lengths, steps
 
-    def compare(ours: torch.Tensor, ref: torch.Tensor) -> None:
-        nonlocal worst, agree, total
-        worst = max(worst, float((ours - ref).abs().max() / ref.std()))
-        agree += int(ours.argmax() == ref.argmax())
-        total += 1
-        eager.extend(_rows(_top(ours[None])))
 
-    with torch.inference_mode():
-        refs = [
-            model(input_ids=torch.tensor([s], device=runner.device)).logits[0].float() for s in seqs
-        ]
-        for slot, (seq, n) in enumerate(zip(seqs, lengths, strict=True)):
-            compare(runner.prefill(slot, seq[:n])[0], refs[slot][n - 1])
-        for step in range(steps):
-            positions = [n + step for n in lengths]
-            logits = runner.decode([s[p] for s, p in zip(seqs, positions, strict=True)], positions)
-            for slot, p in enumerate(positions):
-                compare(logits[slot], refs[slot][p])
-        result = {"max_rel_diff": worst, "argmax_agreement": agree / total}
-        if runner.graphs:
-            graphed = [
-                runner.prefill_top(slot, s[:n])[0]
-                for slot, (s, n) in enumerate(zip(seqs, lengths, strict=True))
+def _run_check(runner: Qwen2Runner, seqs: list[list[int]], lengths: tuple[int, ...]) -> Top:
+    """Two prompts prefilled into slots 0 and 1, then teacher-forced batched decode steps."""
+    rows: Top = [
+        runner.prefill_top(slot, s[:n])[0]
+        for slot, (s, n) in enumerate(zip(seqs, lengths, strict=True))
+    ]
+    for step in range(len(seqs[0]) - lengths[0]):
+        positions = [n + step for n in lengths]
+        rows += runner.decode_top([s[p] for s, p in zip(seqs, positions, strict=True)], positions)
+    return rows
+
+
+def self_check(runner: Qwen2Runner, reference: Any | None, seed: int) -> dict[str, float]:
+    """Compare the eager runner with `reference` (a `transformers` model of the same weights):
+    the worst |logprob difference| over each position's top 5 and the share of positions whose
+    greedy choice agrees; with CUDA graphs, the same between the graphs and the eager path. Run
+    on rank 0 of a group, it drives every rank (the commands are collective)."""
+    seqs, lengths, steps = _check_sequences(seed)
+    graphs, runner.graphs = runner.graphs, False
+    try:
+        eager = _run_check(runner, seqs, lengths)
+    finally:
+        runner.graphs = graphs
+    result: dict[str, float] = {}
+    if reference is not None:
+        with torch.inference_mode():
+            logprobs = [
+                reference(input_ids=torch.tensor([s], device=runner.device))
+                .logits[0]
+                .float()
+                .log_softmax(dim=-1)
+                .cpu()
+                for s in seqs
             ]
-            for step in range(steps):
-                positions = [n + step for n in lengths]
-                graphed += runner.decode_top(
-                    [s[p] for s, p in zip(seqs, positions, strict=True)], positions
-                )
-            result["graph_max_logprob_diff"] = max(
-                abs(g[1][0] - e[1][0]) for g, e in zip(graphed, eager, strict=True)
-            )
-            result["graph_top1_agreement"] = sum(
-                g[0][0] == e[0][0] for g, e in zip(graphed, eager, strict=True)
-            ) / len(eager)
+        wanted = [(0, lengths[0] - 1), (1, lengths[1] - 1)] + [
+            (slot, n + step) for step in range(steps) for slot, n in enumerate(lengths)
+        ]
+        result.update(_agreement(eager, [logprobs[s][p] for s, p in wanted]))
+    if graphs:
+        graphed = _run_check(runner, seqs, lengths)
+        result["graph_max_logprob_diff"] = max(
+            abs(a - b)
+            for g, e in zip(graphed, eager, strict=True)
+            for a, b in zip(g[1], e[1], strict=True)
+        )
+        result["graph_top1_agreement"] = sum(
+            g[0][0] == e[0][0] for g, e in zip(graphed, eager, strict=True)
+        ) / len(eager)
     return result
+
+
+def _agreement(rows: Top, references: list[torch.Tensor]) -> dict[str, float]:
+    worst = max(
+        abs(lp - float(ref[i]))
+        for (ids, lps), ref in zip(rows, references, strict=True)
+        for i, lp in zip(ids, lps, strict=True)
+    )
+    agree = sum(ids[0] == int(ref.argmax()) for (ids, _), ref in zip(rows, references, strict=True))
+    return {"max_logprob_diff": worst, "top1_agreement": agree / len(rows)}

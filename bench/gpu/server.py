@@ -6,6 +6,10 @@ records `time.perf_counter_ns()` (CLOCK_MONOTONIC, the clock the agent's client 
 machine) just before the write, beside the time the engine produced it; the records go to a
 JSON-lines file at exit, one line per request, keyed by the `x-request-id` header or else the
 sha256 of the request body.
+
+With a known slowdown (the engine's `slowdown`) each record also keeps the request's arrival
+and its tokens on the engine's natural clock (every wait the slowdown added taken out), so the
+slowdown actually applied to each request is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -38,7 +42,11 @@ class Server:
     """The aiohttp application: health, chat completions, and the timestamp records."""
 
     def __init__(
-        self, engine: Engine, model_name: str, timestamps: Path, header: dict[str, Any]
+        self,
+        engine: Engine,
+        model_name: str,
+        timestamps: Path,
+        header: dict[str, Any],
     ) -> None:
         self.engine = engine
         self.model_name = model_name
@@ -94,6 +102,7 @@ class Server:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         recv_ns = time.perf_counter_ns()
+        natural_recv_ns = recv_ns - self.engine.added_ns
         raw = await request.read()
         try:
             body = json.loads(raw)
@@ -120,6 +129,7 @@ class Server:
         await response.write(self._chunk(ident, created, [{**role, "finish_reason": None}]))
         write_ns: list[int] = []
         gen_ns: list[int] = []
+        natural_ns: list[int] = []
         finish = None
         try:
             while finish is None:
@@ -148,6 +158,7 @@ class Server:
                 await response.write(data)
                 write_ns.append(now)
                 gen_ns.append(out.gen_ns)
+                natural_ns.append(out.natural_ns)
             usage = {
                 "prompt_tokens": len(seq.prompt),
                 "completion_tokens": len(write_ns),
@@ -168,6 +179,8 @@ class Server:
                         "max_tokens": max_tokens,
                         "finish": finish,
                         "gen_ns": gen_ns,
+                        "natural_recv_ns": natural_recv_ns,
+                        "natural_ns": natural_ns,
                         "write_ns": write_ns,
                     }
                 )
