@@ -40,12 +40,22 @@ _BASELINE: Final = Entry("B", Digest("sha256:" + "b" * 64))
 class CostModel:
     """What one launch of Qwen2.5-72B-Instruct costs on an 8xH200 pod, in seconds.
 
-    Until the timing pass runs at production shape (8xH200, TP8), these are estimates, stated
-    with their source: start-up is loading ~142 GB of bf16 weights from the pod's disk cache and
-    capturing CUDA graphs, a few minutes (the first arena allowed 750-1200 s and saw minutes);
-    decode is bandwidth-bound, 142 GB over 8 x 4.8 TB/s of HBM3e is 3.7 ms per step at peak and
-    engines reach about half of it with all-reduce overhead, so 12 ms per token alone and more as
-    the batch grows; TTFT is prefill of a few hundred prompt tokens plus queueing.
+    Every default here is still an estimate for 72B at TP8, stated with its source: start-up is
+    loading ~142 GB of bf16 weights from the pod's disk cache and capturing CUDA graphs, a few
+    minutes (the first arena allowed 750-1200 s and saw minutes); decode is bandwidth-bound,
+    142 GB over 8 x 4.8 TB/s of HBM3e is 3.7 ms per step at peak and engines reach about half of
+    it with all-reduce overhead, so 12 ms per token alone and more as the batch grows; TTFT is
+    prefill of a few hundred prompt tokens plus queueing.
+
+    Measured so far, on one H200 with the Qwen2.5-0.5B shape only (docs/benchmarks.md): ITL
+    3.5-4.5 ms and TTFT 5 ms (c=1) to 280 ms (c=64, the test server's serial prefill) at 256
+    tokens; a launch of the bench server took 14.2 s, of which ~5 s measuring and 2.5 s model
+    start-up, so at that shape the process start and the stop, not the model, set the fixed
+    cost; launch noise 0.9-1.7% between launches (sd of the log speed, varying by machine and
+    day). The tensor-parallel server that would measure 72B at TP8 (`bench/gpu_server.py --tp 8
+    --preset qwen2.5-72b`) exists and matches one device on CPU and at TP1 on the H200, but has
+    not run at TP8: the 8-GPU kind was withheld (issue 22), so start-up, TTFT and ITL at
+    production shape remain the estimates above.
     """
 
     startup_s: float = 420.0
@@ -84,9 +94,13 @@ class SeasonConfig:
     workload: Workload
     cost: CostModel = field(default_factory=CostModel)
     noise: Noise = field(default_factory=lambda: Noise(launch=0.01, block=0.0))
-    request_noise: float = 0.05
+    request_noise: float = 0.025
     """Per-request noise of T_k that does not cancel between contestants (log scale): a level of
-    N requests adds request_noise / sqrt(N) to its launch, so fewer prompts cost precision."""
+    N requests adds request_noise / sqrt(N) to its launch, so fewer prompts cost precision.
+    Calibrated by `bench/launch_noise.py` on one H200 (0.5B shape, 128 tokens, 13 launches): 2.6%
+    at c=16 and 1.7% at c=64 after each launch's offset and each prompt's own speed are taken
+    out, so 128 requests a level add only ~0.15% to a launch whose offset alone was 1.7%; the
+    larger level's value is the default until it is measured at production shape."""
     pods: int = 1
     legacy_floor: float | None = None
     """Judge with the rule this replaced: the point estimate, never below this fixed floor."""
