@@ -87,7 +87,8 @@ class SettingDrift:
     length_ratio: float
     """Output tokens against the first setting's, over the same prompts."""
     identical_share: float
-    """Responses bit-identical (ids and logprobs) to the first setting's."""
+    """Responses the behavioural copy check calls the same as the first setting's (token ids
+    exact, logprobs within `copy_logprob_tolerance`): how often the same engine looks a copy."""
     verdict: str
     """What the gate with the current thresholds says about this setting."""
 
