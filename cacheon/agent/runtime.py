@@ -24,6 +24,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -201,6 +202,28 @@ def _familiar(image: str) -> str:
     return image
 
 
+def _agent_id() -> str:
+    """The label value of this agent's containers: which process on which host started them
+    (read at the start, never at import: the agent detaches by forking after its imports)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(agent: str) -> bool:
+    """Whether the agent that labelled a container still runs (on this host: pids are local)."""
+    host, _, pid = agent.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False  # our own leftovers are from before this start: nothing of ours runs yet
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True
+
+
 class DockerRuntime:
     def __init__(self, client: docker.DockerClient, profile: RunProfile, spec: ServerSpec) -> None:
         self.client = client
@@ -208,8 +231,12 @@ class DockerRuntime:
         self.spec = spec
 
     async def remove_leftovers(self) -> int:
+        """Remove the servers of agents that are no longer running (an agent killed mid-round
+        leaves its container); an agent still running on this engine keeps its own."""
+
         def remove() -> int:
-            stale = self.client.containers.list(all=True, filters={"label": LABEL})
+            labelled = self.client.containers.list(all=True, filters={"label": LABEL})
+            stale = [c for c in labelled if not _owner_alive(c.labels.get(LABEL, ""))]
             for container in stale:
                 container.remove(force=True)
             return len(stale)
@@ -250,7 +277,7 @@ class DockerRuntime:
             image,
             detach=True,
             name=name,
-            labels={LABEL: "1"},
+            labels={LABEL: _agent_id()},
             **container_options(self.profile, self.spec),
         )
 

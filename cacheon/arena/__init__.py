@@ -54,6 +54,7 @@ from cacheon.arena.submissions import (
     is_terminal,
     replay,
     select_challengers,
+    worth_a_round,
 )
 from cacheon.arena.verdict import (
     Bounds,
@@ -139,4 +140,5 @@ __all__ = [
     "settle",
     "weights",
     "with_listing",
+    "worth_a_round",
 ]

@@ -39,15 +39,25 @@ def layer_copy(
     base_layers: frozenset[str],
     *,
     tiny_bytes: int,
+    holders: Iterable[Submission] = (),
 ) -> Copy | None:
-    """The layer check of `candidate` against the earlier holders worth protecting; a layer
-    whose size the registry did not give is never tiny.
+    """The layer check of `candidate` against the earlier holders worth protecting (`protected`,
+    those that passed) and, for the same digest only, against `holders` that have not failed:
+    committing an exact copy of an image still in the queue earns nothing either, while a copy
+    of a failed image fails as it did. A layer whose size the registry did not give is never
+    tiny.
 
     Same-hotkey re-commits are never copies, and the earliest matching holder is named,
     whatever order `protected` comes in.
     """
     own = None if candidate.layers is None else candidate.layers - base_layers
-    matches = []
+    matches = [
+        (other, "the same image")
+        for other in holders
+        if other.digest == candidate.digest
+        and other.hotkey != candidate.hotkey
+        and other.precedence < candidate.precedence
+    ]
     for other in protected:
         if other.hotkey == candidate.hotkey or other.precedence >= candidate.precedence:
             continue

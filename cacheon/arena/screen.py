@@ -72,9 +72,11 @@ def screen(
     protected: Iterable[Submission],
     base_layers: frozenset[str] | None,
     tiny_bytes: int,
+    holders: Iterable[Submission] = (),
 ) -> Screened:
-    """`protected` are the earlier submissions that passed; `base_layers` None means the base
-    images' layers are not known yet, so copies cannot be told apart from them."""
+    """`protected` are the earlier submissions that passed, `holders` those not failed (for the
+    same-digest rule); `base_layers` None means the base images' layers are not known yet, so
+    copies cannot be told apart from them."""
     if isinstance(answer, Unlisted):
         fault = attribute(answer.reason, during_own_launch=True)
         return Screened(fault.outcome, submission, answer.reason, answer.detail)
@@ -85,7 +87,7 @@ def screen(
     if base_layers is None:
         detail = "the base images' layers are not known yet; the copy check waits for the registry"
         return Screened(Outcome.NO_DECISION, listed, ReasonCode.REGISTRY_UNAVAILABLE, detail)
-    copy = layer_copy(listed, protected, base_layers, tiny_bytes=tiny_bytes)
+    copy = layer_copy(listed, protected, base_layers, tiny_bytes=tiny_bytes, holders=holders)
     if copy is not None:
         return Screened(Outcome.FAIL, listed, copy.reason, copy.detail)
     return Screened(Outcome.PASS, listed)

@@ -24,6 +24,7 @@ from cacheon.arena.measure import Entry, Evidence, Roster, TimedSpeed, compare
 from cacheon.arena.params import ArenaParams
 from cacheon.arena.simulate import Noise, baseline_history
 from cacheon.arena.standings import Contender, Crown, Holder, Standings, advance
+from cacheon.arena.submissions import worth_a_round
 from cacheon.arena.verdict import Call, LaunchNoise, look, noise_bound, pooled_sigma
 from cacheon.protocol import Block, Digest, Hotkey, Workload
 
@@ -127,6 +128,16 @@ class _Challenger:
 
 
 @dataclass(frozen=True)
+class _Round:
+    chosen: list[_Challenger]
+    order: tuple[str, ...]
+
+
+def _key(challenger: _Challenger) -> str:
+    return f"C{challenger.index}"
+
+
+@dataclass(frozen=True)
 class SeasonResult:
     gpu_hours: float
     decided: int
@@ -180,33 +191,41 @@ class _Season:
         self.crowns = {"false": 0, "moat": 0}
 
     def run(self) -> SeasonResult:
-        events: list[tuple[float, int, int, list[_Challenger], Holder]] = []
-        free = [(0.0, pod) for pod in range(self.config.pods)]
-        heapq.heapify(free)
-        sequence = 0
+        """Discrete events: rounds start at `now` on idle pods, and time moves to the next round's
+        end (or the next arrival when nothing runs). While another round is in flight, a free
+        pod starts one only if it fills at least half its places (`worth_a_round`), as the
+        daemon does: a thin round pays the same bookends for fewer challengers."""
+        events: list[tuple[float, int, int, _Round, Holder]] = []
+        idle = list(range(self.config.pods))
+        size = self.config.params.max_challengers_per_round
+        now, sequence = 0.0, 0
         while True:
-            waiting = [c for c in self.queue if c.decided_at is None]
-            if not waiting and not events:
-                break
-            start, pod = free[0] if free else (math.inf, -1)
-            ready = [c for c in waiting if not c.running and c.arrived <= start]
-            if ready and (not events or start <= events[0][0]):
-                heapq.heappop(free)
-                chosen = ready[: self.config.params.max_challengers_per_round]
+            while idle:
+                ready = [
+                    c
+                    for c in self.queue
+                    if c.decided_at is None and not c.running and c.arrived <= now
+                ]
+                if not worth_a_round(len(ready), size, in_flight=len(events)):
+                    break
+                chosen = ready[:size]
                 for c in chosen:
                     c.running = True
-                duration = self.config.cost.round_overhead_s + (4 + len(chosen)) * self.launch_s
+                order = ("B", "L", *(_key(c) for c in chosen), "L", "B")
+                duration = self.config.cost.round_overhead_s + len(order) * self.launch_s
                 self.gpu_seconds += duration * self.config.cost.gpus
-                heapq.heappush(events, (start + duration, sequence, pod, chosen, self.leader))
+                planned = _Round(chosen, order)
+                heapq.heappush(events, (now + duration, sequence, idle.pop(), planned, self.leader))
                 sequence += 1
-                continue
             if events:
-                end, _, done_pod, chosen, opponent = heapq.heappop(events)
-                self._conclude(end, chosen, opponent)
-                heapq.heappush(free, (end, done_pod))
+                now, _, pod, planned, opponent = heapq.heappop(events)
+                self._conclude(now, planned, opponent)
+                idle.append(pod)
                 continue
-            later = min(c.arrived for c in waiting if not c.running)
-            heapq.heapreplace(free, (later, pod))
+            later = [c.arrived for c in self.queue if c.decided_at is None and c.arrived > now]
+            if not later:
+                break
+            now = min(later)
         decided = [c for c in self.queue if c.decided_at is not None]
         latencies = sorted((c.decided_at or 0.0) - c.arrived for c in decided)
         lost = sum(
@@ -224,19 +243,20 @@ class _Season:
             rounds=self.rounds,
         )
 
-    def _conclude(self, end: float, chosen: list[_Challenger], opponent: Holder) -> None:
+    def _conclude(self, end: float, planned: _Round, opponent: Holder) -> None:
         """Score a finished round against the leader it started with, as the daemon does."""
+        chosen = planned.chosen
         self.rounds += 1
         for c in chosen:
             c.running = False
         roster = Roster(
             _BASELINE,
             Entry("L", opponent.digest),
-            tuple(Entry(f"C{c.index}", c.holder.digest) for c in chosen),
+            tuple(Entry(_key(c), c.holder.digest) for c in chosen),
         )
-        layout = ["B", "L", *(f"C{c.index}" for c in chosen), "L", "B"]
+        layout = planned.order
         true = {"B": 0.0, "L": self.truth[opponent]}
-        true.update({f"C{c.index}": c.gain for c in chosen})
+        true.update({_key(c): c.gain for c in chosen})
         runs = [
             TimedSpeed(key, slot, self._draw(true[key], slot)) for slot, key in enumerate(layout)
         ]
@@ -315,9 +335,14 @@ def summarise(
     challengers: int = 13,
     gains: Sequence[float] = LAUNCH_DAY,
 ) -> Summary:
-    """`seasons` launch days: `challengers` queued at once, their gains cycling through `gains`."""
+    """`seasons` launch days: `challengers` queued at once, their gains cycling through `gains`,
+    in a fresh random first-seen order each season (which one meets the leader first matters:
+    a +20% crown early makes every later challenger an easy not-faster)."""
     queue = [gains[i % len(gains)] for i in range(challengers)]
-    results = [play(rng, config, queue, [0.0] * challengers) for _ in range(seasons)]
+    results = []
+    for _ in range(seasons):
+        rng.shuffle(queue)
+        results.append(play(rng, config, queue, [0.0] * challengers))
     latencies = sorted(t for r in results for t in r.latencies_h)
     return Summary(
         label=label,
@@ -354,3 +379,33 @@ def render(summaries: Sequence[Summary]) -> str:
             f"{s.false_crowns:>7}{s.moat_crowns:>7}{s.lost_crowns:>5}/{s.crowns_possible:<4}"
         )
     return "\n".join(lines)
+
+
+LEGACY_FLOOR: Final = 0.02
+LEGACY_PLACES: Final = 4
+"""The settings this design replaced: a fixed 2% noise floor over the point estimate, four
+challengers a round, and every level measured on 2 blocks of 64 prompts after 8 warm-ups."""
+
+
+def versus_legacy(
+    rng: random.Random,
+    params: ArenaParams,
+    workload: Workload,
+    noise: Noise,
+    *,
+    seasons: int,
+    challengers: int = 13,
+    pods: Sequence[int] = (1, 2, 4, 8),
+) -> list[Summary]:
+    """Launch days under the replaced settings, then under `params` and `workload` on
+    `pods` pods at once: the table `cacheon-validator simulate --season` prints."""
+    legacy_params = ArenaParams(**{**vars(params), "max_challengers_per_round": LEGACY_PLACES})
+    legacy = SeasonConfig(legacy_params, Workload(), noise=noise, legacy_floor=LEGACY_FLOOR)
+    rows = [summarise(rng, "replaced: 2% floor, 2x64, 4/round", legacy, seasons=seasons,
+                      challengers=challengers)]  # fmt: skip
+    places = params.max_challengers_per_round
+    for count in pods:
+        config = SeasonConfig(params, workload, noise=noise, pods=count)
+        label = f"these settings, {places}/round, {count} pod{'s' if count > 1 else ''}"
+        rows.append(summarise(rng, label, config, seasons=seasons, challengers=challengers))
+    return rows

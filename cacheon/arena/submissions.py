@@ -155,3 +155,15 @@ def select_challengers(
             deferred.append((submission, Deferral.CAPACITY))
         places += 1
     return Selection(tuple(chosen), tuple(deferred))
+
+
+def worth_a_round(waiting: int, places: int, *, in_flight: int) -> bool:
+    """Whether a free pod should start a round for `waiting` challengers now.
+
+    A round pays its bookends (B, L, L', B') whatever it measures, so while other rounds are in
+    flight (and will free pods and challengers soon) one starts only if it fills at least half
+    its `places`; with nothing in flight, anyone waiting gets a round.
+    """
+    if waiting <= 0:
+        return False
+    return in_flight == 0 or 2 * waiting >= places

@@ -64,9 +64,8 @@ from cacheon.protocol import (
     TraceRecord,
     TraceRef,
     Uid,
-    Workload,
 )
-from cacheon.validator.evaluation import arena_params
+from cacheon.validator.evaluation import arena_params, workload
 from cacheon.validator.launch_bars import LaunchBars, progress_display
 from cacheon.validator.screening import list_image
 
@@ -145,7 +144,7 @@ def plan(settings: Settings, args: argparse.Namespace) -> tuple[CheckPlan, dict[
             served_model_name=settings.model.name,
             model_path=str(args.model_path.resolve()),
             max_model_len=settings.model.max_model_len,
-            workload=Workload(**w.model_dump(include=set(Workload.model_fields))),
+            workload=workload(w),
             gate=GateThresholds(),
             startup_deadline_s=w.startup_deadline_s,
         ),

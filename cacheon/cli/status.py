@@ -105,8 +105,11 @@ def render_status(view: StatusView, console: Console) -> None:
     about.add_row("loop", _loop(ops.loop_completed_at, ops.stopping, now))
     noise = "-" if report.launch_noise is None else f"{report.launch_noise * 100:.1f}%"
     about.add_row("launch noise", noise)
-    nxt = ops.next_round
-    about.add_row("round", f"{nxt.in_progress} running" if nxt.in_progress else "none running")
+    running = ", ".join(
+        f"{r.round_id} ({r.state}, pod {r.pod or '-'}, {len(r.challengers)} challengers)"
+        for r in ops.rounds
+    )
+    about.add_row("rounds", running or "none running")
     pods = ops.pods
     about.add_row(
         "pods / spend",

@@ -7,6 +7,7 @@ import asyncio
 import random
 import sys
 
+from cacheon.arena import season
 from cacheon.arena import simulate as arena_simulate
 from cacheon.cli.common import (
     EXIT_FAILED,
@@ -28,7 +29,7 @@ from cacheon.log import configure_logging, get_logger
 from cacheon.store.db import Database, DatabaseError
 from cacheon.validator.assemble import NotReady, build_parts, state_path
 from cacheon.validator.daemon import Daemon
-from cacheon.validator.evaluation import arena_params
+from cacheon.validator.evaluation import arena_params, workload
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,12 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("--block-noise", "SIGMA", 0.01, "between blocks"),
         ("--drift", "LOG", 0.0, "per launch slot in a round"),
         ("--position-bias", "LOG", 0.0, "a challenger's edge"),
+        ("--outliers", "SHARE", 0.0, "share of launches that are outliers (sd 10%%)"),
     ):
         noise.add_argument(flag, metavar=metavar, type=float, default=default, help=text)
     simulate.add_argument(
         "--trials", metavar="N", type=int, default=5000, help="lifetimes per table row"
     )
     simulate.add_argument("--seed", metavar="N", type=int, default=0, help="the simulation's seed")
+    simulate.add_argument(
+        "--season",
+        action="store_true",
+        help="play launch days on 1, 2, 4 and 8 pods (GPU-hours per decision, latency, crowns)"
+        " beside the settings this design replaced",
+    )
+    simulate.add_argument(
+        "--seasons", metavar="N", type=int, default=200, help="launch days per --season row"
+    )
     return parser
 
 
@@ -141,14 +152,22 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    params = arena_params(load_or_exit(args).settings.arena)
+    settings = load_or_exit(args).settings
+    params = arena_params(settings.arena)
     noise = arena_simulate.Noise(
         launch=args.launch_noise,
         block=args.block_noise,
         drift=args.drift,
         position_bias=args.position_bias,
+        outliers=args.outliers,
     )
     rng = random.Random(args.seed)  # noqa: S311 (a reproducible simulation, not a secret)
+    if args.season:
+        rows = season.versus_legacy(
+            rng, params, workload(settings.workload), noise, seasons=args.seasons
+        )
+        print(season.render(rows))
+        return 0
     print(arena_simulate.render(arena_simulate.run(rng, noise, params, trials=args.trials)))
     return 0
 

@@ -4,7 +4,8 @@
 check and the sweep together:
 
 - `start()` sweeps what a previous run left (honouring `pods.keep_on_restart`);
-- `acquire()` reuses a warm pod or rents one, falling back through the providers;
+- `acquire()` reuses a warm pod that no round holds, or rents one, falling back through the
+  providers; the pod is held until `done()`, so rounds in flight at once never share a pod;
 - `touch()` / `release_idle()` release a pod after `pods.pod_idle_release_s` without work;
 - `release()` / `pod_lost()` end a lease; `sweep()` runs every few minutes;
 - `close()` releases everything unless `pods.keep_on_restart`.
@@ -80,6 +81,8 @@ class PodLeases:
         self._clock = clock
         self.ledger = LeaseLedger(db)
         self.prefix = self.ledger.pod_prefix(policy.name_prefix)
+        self._held: set[str] = set()
+        """Leases a round is using now; idle release and reuse leave them alone."""
 
     async def start(self) -> SweepReport:
         """Sweep what a previous run left behind; call once before the first `acquire`."""
@@ -97,7 +100,7 @@ class PodLeases:
         """
         warm = await self._warm()
         if warm is not None:
-            return warm
+            return self.hold(warm)
         reasons: list[str] = []
         refusals: list[str] = []
         for name in self._order:
@@ -116,7 +119,7 @@ class PodLeases:
                 budget.check(
                     offer, expected_hours, self.spent_today(), self._policy.daily_budget_usd
                 )
-                return await self._rent(provider, offer)
+                return self.hold(await self._rent(provider, offer))
             except BudgetExceeded as exc:
                 refusals.append(str(exc))
                 reasons.append(f"{name}: over budget")
@@ -144,6 +147,20 @@ class PodLeases:
         """The pod did work now; it is not idle."""
         self.ledger.touch(lease.name, self._clock())
 
+    def hold(self, lease: Lease) -> Lease:
+        """A round uses `lease` (a new one, or one it resumes on) until `done`."""
+        self._held.add(lease.name)
+        return lease
+
+    def done(self, lease: Lease) -> None:
+        """The round on `lease` is over; the pod is free for the next one (or idle release)."""
+        self._held.discard(lease.name)
+        self.touch(lease)
+
+    @property
+    def held(self) -> frozenset[str]:
+        return frozenset(self._held)
+
     async def release(self, lease: Lease, reason: str = "released") -> bool:
         """Terminate the pod and close the lease; False if the provider could not be reached
         (the lease stays `releasing` and the sweep retries)."""
@@ -159,7 +176,11 @@ class PodLeases:
         released = []
         for lease in self.ledger.live():
             last = lease.last_used_at or lease.ready_at or lease.created_at
-            idle = lease.state is LeaseState.READY and now - last >= self._policy.idle_release_s
+            idle = (
+                lease.state is LeaseState.READY
+                and lease.name not in self._held
+                and now - last >= self._policy.idle_release_s
+            )
             if idle and await self.release(lease, f"idle for {now - last:.0f}s"):
                 released.append(lease)
         return released
@@ -184,7 +205,7 @@ class PodLeases:
 
     async def _warm(self) -> Lease | None:
         for lease in self.ledger.live():
-            if lease.state is not LeaseState.READY or lease.ssh is None:
+            if lease.state is not LeaseState.READY or lease.ssh is None or lease.name in self._held:
                 continue
             if lease.provider not in self._providers or self._clock() >= lease.expires_at:
                 continue

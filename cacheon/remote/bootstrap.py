@@ -298,14 +298,16 @@ async def _make_venv(
         raise BootstrapError("the wheelhouse has no pip wheel")
     venv = shlex.quote(install.venv)
     self_wheel = f"{install.agent_root}/self/{install.build_id}/{wheelhouse.self_wheel.name}"
+    expected = shlex.quote(f"cacheon-agent {__version__}")
     script = (
-        f"set -e; rm -rf {venv}; {shlex.quote(python.exe)} -m venv --without-pip {venv}; "
+        f'set -e; [ "$({shlex.quote(install.agent)} --version 2>/dev/null)" = {expected} ]'
+        f" && exit 0; rm -rf {venv}; {shlex.quote(python.exe)} -m venv --without-pip {venv}; "
         f"{venv}/bin/python {shlex.quote(wheels)}/{pip}/pip install --quiet --no-index "
         f"--disable-pip-version-check --no-cache-dir --find-links {shlex.quote(wheels)} "
         f"{shlex.quote(self_wheel)} 2>&1"
     )
     try:
-        await session.run(script, deadline_s=PIP_DEADLINE_S)
+        await session.run(locked(install.agent_root, "install", script), deadline_s=PIP_DEADLINE_S)
     except CommandFailed as exc:
         raise BootstrapError(
             f"{session.target}: installing the agent into {install.venv} failed: {exc}"
@@ -325,3 +327,18 @@ async def _version_ok(session: SshSession, install: AgentInstall, *, check: bool
             f"{(result.stdout + result.stderr).strip()!r}, expected {expected!r}"
         )
     return False
+
+
+def locked(agent_root: str, name: str, script: str) -> str:
+    """`script` under an exclusive lock of the pod's `agent_root`, where `flock` exists.
+
+    A pod runs one round at a time, but a host that several leases reach (a static host, the
+    local arena's two fake pods on one sshd) can be prepared by two rounds at once: the second
+    then waits and finds the venv or the model in place, instead of removing it under the first.
+    """
+    lock = shlex.quote(f"{agent_root}/.{name}.lock")
+    body = shlex.quote(script)
+    return (
+        f"mkdir -p {shlex.quote(agent_root)}; if command -v flock >/dev/null 2>&1;"
+        f" then exec flock {lock} sh -c {body}; else exec sh -c {body}; fi"
+    )

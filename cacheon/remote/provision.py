@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from cacheon.config import ModelSettings
 from cacheon.protocol import FetchPlan, ModelFile, ProgressEvent
-from cacheon.remote.bootstrap import AgentInstall
+from cacheon.remote.bootstrap import AgentInstall, locked
 from cacheon.remote.ssh import CommandFailed, SshSession
 
 FETCH_DEADLINE_S = 6 * 3600.0
@@ -91,7 +91,11 @@ async def provision_model(
     """Run the fetch on the pod, passing progress on; ProvisionError names what failed."""
     plan_file = f"{install.agent_root}/fetch-plan.json"
     await session.write_file(plan_file, plan.model_dump_json().encode())
-    command = f"{shlex.quote(install.agent)} fetch_model --plan {shlex.quote(plan_file)}"
+    command = locked(
+        install.agent_root,
+        "models",
+        f"{shlex.quote(install.agent)} fetch_model --plan {shlex.quote(plan_file)}",
+    )
     try:
         async for line in session.lines(command, deadline_s=FETCH_DEADLINE_S):
             try:

@@ -89,7 +89,7 @@ def run_demo_on(services: Services, workdir: Path, console: Console) -> PublicRe
 async def _one_pass(daemon: Daemon) -> None:
     await daemon.parts.leases.start()
     await daemon.recover()
-    await daemon.cycle()
+    await daemon.one_pass()
     await daemon.parts.leases.close()
     await daemon.parts.chain.close()
 

@@ -35,6 +35,9 @@ def _error(status: int, code: str, message: str) -> web.Response:
 @dataclass
 class FakeLium:
     pods_host: PodHost
+    executor_hosts: dict[str, PodHost] = field(default_factory=dict)
+    """Where a rent of one executor lands, by executor id, when not on `pods_host`: separate
+    sshds make separate pods, so losing one pod leaves the other reachable."""
     template_id: str = "tpl-dind-0001"
     api_key: str = field(default_factory=lambda: "lium_" + secrets.token_hex(8))
     faults: Faults = field(default_factory=Faults)
@@ -162,21 +165,25 @@ class FakeLium:
         self._end(pod["id"], "DELETED")
         return web.json_response({"success": True})
 
+    def _host(self, pod_id: str) -> PodHost:
+        executor = self.pods[pod_id]["executor"]["id"]
+        return self.executor_hosts.get(executor, self.pods_host)
+
     def _advance(self, pod_id: str) -> None:
         pod = self.pods[pod_id]
         if pod["status"] != "PENDING" or self.faults.stuck:
             return
         self._polls[pod_id] += 1
         if self._polls[pod_id] >= self.faults.polls_to_running:
-            host = self.pods_host
-            self.pods_host.grant(self._keys[pod_id])
+            host = self._host(pod_id)
+            host.grant(self._keys[pod_id])
             pod["status"] = "RUNNING"
             pod["ssh_connect_cmd"] = f"ssh {host.user}@{host.host} -p {host.port}"
 
     def _end(self, pod_id: str, status: str) -> None:
         pod = self.pods[pod_id]
         if pod["status"] == "RUNNING":
-            self.pods_host.revoke(self._keys[pod_id])
+            self._host(pod_id).revoke(self._keys[pod_id])
         pod["status"] = status
         pod["ssh_connect_cmd"] = None
 

@@ -87,9 +87,11 @@ class Services:
     pod: Sshd
     s3: SeaweedS3
     loop: LoopThread
+    more_pods: tuple[Sshd, ...] = ()
+    """Further stand-in pods (their own sshd, the same dockerd), for rounds on several pods."""
 
 
-def start_services(stack: ExitStack) -> Services:
+def start_services(stack: ExitStack, pods: int = 1) -> Services:
     """Every service a local arena needs, each stopped when `stack` closes."""
     docker = DockerDaemon.start()
     stack.callback(docker.stop)
@@ -101,7 +103,17 @@ def start_services(stack: ExitStack) -> Services:
     stack.callback(s3.stop)
     loop = LoopThread()
     stack.callback(loop.stop)
-    return Services(docker, registry, pod, s3, loop)
+    return Services(docker, registry, pod, s3, loop, start_more_pods(stack, docker, pods - 1))
+
+
+def start_more_pods(stack: ExitStack, docker: DockerDaemon, count: int) -> tuple[Sshd, ...]:
+    """`count` more stand-in pods: each its own sshd as root with the same dockerd."""
+    more = []
+    for _ in range(count):
+        sshd = Sshd.start(POD_SSH_USER, as_root=True, environment={"DOCKER_HOST": docker.host})
+        stack.callback(sshd.stop)
+        more.append(sshd)
+    return tuple(more)
 
 
 @dataclass
@@ -118,6 +130,9 @@ class LocalArena:
     bucket: str
     """Its own bucket: the S3 server may be shared with other arenas (a test session)."""
     miners: tuple[ToyMiner, ...] = TOY_MINERS
+    pods: int = 1
+    """Pods the fake Lium can rent at once, and rounds the validator runs at once; every pod is
+    the test sshd and dockerd (as on a static host, its agents take turns preparing it)."""
 
     @classmethod
     def create(
@@ -127,6 +142,7 @@ class LocalArena:
         *,
         miners: tuple[ToyMiner, ...] = TOY_MINERS,
         block_time_s: float = 1.0,
+        pods: int = 1,
     ) -> LocalArena:
         devnet = Devnet.create(root / "chain.db", block_time_s=block_time_s)
         wallets = root / "wallets"
@@ -164,17 +180,17 @@ class LocalArena:
         bucket = f"cacheon-{secrets.token_hex(4)}"
         _mirror_model(services.s3, bucket, root)
         init_key(root / "keys" / "pod_ed25519")
-        pod = services.pod
+        sshds = (services.pod, *services.more_pods)
+        if len(sshds) < pods:
+            raise ValueError(
+                f"{pods} pods need {pods} stand-in sshds, the services have {len(sshds)}"
+            )
+        hosts = [_pod_host(sshd) for sshd in sshds[:pods]]
+        executors = [executor("CPU", 0, 1.0) for _ in hosts]
         lium = FakeLium(
-            PodHost(
-                host=LOOPBACK,
-                port=pod.port,
-                user=pod.user,
-                authorized_keys=pod.root / "authorized_keys",
-                client_key=pod.client_key,
-                known_hosts_line=pod.known_hosts_line,
-            ),
-            executors=[executor("CPU", 0, 1.0)],
+            hosts[0],
+            executor_hosts={e["id"]: host for e, host in zip(executors, hosts, strict=True)},
+            executors=executors,
         )
         services.loop.run(lium.start())
         return cls(
@@ -189,6 +205,7 @@ class LocalArena:
             baseline,
             bucket,
             miners,
+            pods,
         )
 
     def close(self) -> None:
@@ -268,6 +285,7 @@ class LocalArena:
                 "ready_timeout_s": 30.0,
                 "poll_interval_s": 0.1,
                 "pod_idle_release_s": 0.0,
+                "max_parallel": self.pods,
             },
             "s3": {
                 "endpoint_url": s3.endpoint_url,
@@ -307,6 +325,17 @@ class LocalArena:
     def write_config(self, path: Path, **overrides: dict[str, Any]) -> Path:
         path.write_text(to_toml(self.config(**overrides)))
         return path
+
+
+def _pod_host(sshd: Sshd) -> PodHost:
+    return PodHost(
+        host=LOOPBACK,
+        port=sshd.port,
+        user=sshd.user,
+        authorized_keys=sshd.root / "authorized_keys",
+        client_key=sshd.client_key,
+        known_hosts_line=sshd.known_hosts_line,
+    )
 
 
 def _wallet(path: Path, name: str, seed: int) -> Participant:

@@ -342,6 +342,33 @@ class Sshd:
         self.process.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def power_off(self) -> None:
+        """The machine dies: the listener and every open session end at once (a stopped sshd
+        alone keeps its sessions). What its sessions left detached runs on, unreachable."""
+        proc = self.process.proc
+        if proc is None:
+            return
+        for pid in _descendants(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.stop(grace=0.5)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process whose chain of parents reaches `root` (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
 
 def _ensure_user(user: str, *, as_root: bool = False) -> None:
     try:

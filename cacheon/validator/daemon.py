@@ -26,6 +26,7 @@ from cacheon.arena import (
     Selection,
     Standings,
     select_challengers,
+    worth_a_round,
 )
 from cacheon.chain.client import ChainClient, ChainState
 from cacheon.chain.errors import ChainFailure
@@ -33,10 +34,23 @@ from cacheon.chain.wallet import Wallet, hotkey_address
 from cacheon.config import Settings
 from cacheon.log import get_logger
 from cacheon.pods.leases import PodLeases
-from cacheon.protocol import Digest, GateThresholds, JobSpec, ReasonCode, Workload
+from cacheon.protocol import (
+    Digest,
+    GateThresholds,
+    Hotkey,
+    JobSpec,
+    ReasonCode,
+    Role,
+)
 from cacheon.store.db import Database
 from cacheon.store.objects import ObjectStore, ObjectStoreError
-from cacheon.validator.evaluation import arena_params, evaluation_version, validator_secret
+from cacheon.validator.evaluation import (
+    arena_params,
+    evaluation_version,
+    validator_secret,
+    workload,
+)
+from cacheon.validator.flight import Flight
 from cacheon.validator.leaderboard import publish_leaderboard
 from cacheon.validator.poll import Poller
 from cacheon.validator.publish import build_public_report
@@ -95,17 +109,7 @@ class Daemon:
         self.settings = settings
         self.parts = parts
         self.params: ArenaParams = arena_params(settings.arena)
-        w = settings.workload
-        self.workload = Workload(
-            concurrencies=tuple(w.concurrencies),
-            prompts_per_block=w.prompts_per_block,
-            blocks_per_level=w.blocks_per_level,
-            level_prompts=tuple(w.level_prompts),
-            level_blocks=tuple(w.level_blocks),
-            warmup_requests=w.warmup_requests,
-            max_tokens=w.max_tokens,
-            request_timeout_s=w.request_timeout_s,
-        )
+        self.workload = workload(settings.workload)
         self.gate = GateThresholds()
         self.version = evaluation_version(settings, self.workload, self.gate)
         self.state = ValidatorState(parts.db, evaluation_version=self.version)
@@ -133,6 +137,7 @@ class Daemon:
             watcher=parts.watcher,
         )
         self.hotkey = hotkey_address(parts.wallet)
+        self.flight = Flight(settings.pods.max_parallel)
         self.stopping = asyncio.Event()
         self.watchdog = Watchdog(settings.validator.watchdog_s)
         self._last_sweep = time.monotonic()
@@ -170,6 +175,7 @@ class Daemon:
             log.error("chain stalled; exiting for a restart", reason=str(exc))
             return EXIT_STALLED
         finally:
+            await self.flight.stop(self.settings.validator.stop_grace_s)
             await self.web.stop()
             await self.parts.leases.close()
             await self.parts.chain.close()
@@ -199,13 +205,17 @@ class Daemon:
             self.stopping.set()
 
     async def recover(self) -> None:
-        """Resume or resolve rounds a previous process left behind, before any new work.
+        """Resume or resolve rounds no round in flight here owns: those a previous process left
+        behind, or whose conclusion failed on an earlier pass. A round that was running resumes
+        in flight, on its own (it may take hours); one that never started ends now.
 
         A write or the chain failing is retried on the next pass (the round stays unfinished);
         anything else that breaks one round's conclusion (persisted data the code cannot take)
         ends that round as NO_DECISION with the reason, so one bad round never wedges the loop.
         """
         for record in self.state.unfinished_rounds():
+            if self.flight.flying(record.round_id):
+                continue
             try:
                 await self._recover(record)
             except (asyncio.CancelledError, ChainStalled, ChainFailure, sqlite3.Error, OSError):
@@ -217,29 +227,57 @@ class Daemon:
 
     async def _recover(self, record: RoundRecord) -> None:
         job = JobSpec.model_validate_json(record.job)
-        if record.state is RoundState.PLANNED:
+        if record.state is RoundState.PLANNED or self.stopping.is_set():
             failed = RoundResult(record.round_id, None, ReasonCode.ROUND_ABANDONED, "never started")
             await self._conclude(job, failed, await self.parts.chain.read_state())
             return
         log.info("resuming round", round_id=record.round_id, pod=record.pod)
+        self.flight.start(record.round_id, _challengers(job), self._resume(job, record))
+
+    async def _resume(self, job: JobSpec, record: RoundRecord) -> None:
         result = await self.runner.resume(record)
         await self._conclude(job, result, await self.parts.chain.read_state())
+
+    async def one_pass(self) -> None:
+        """One pass of the loop with its rounds run to their end, then the weights and the pods
+        steps after them: the unit of work of the demo, the benches and the tests."""
+        await self.cycle()
+        await self.flight.wait()
+        await self._step("weights", self.weights.run(await self.parts.chain.read_state()))
+        await self._step("pods", self._pods())
 
     # --- one pass of the loop --------------------------------------------------------------
 
     async def cycle(self) -> None:
+        """One pass: poll, put new rounds in flight while there is room, weights, pods. Rounds
+        run on in flight; each is scored when it finishes."""
         _, standings = self.state.standings()
         chain = await self._step("poll", self._poll(standings))
         if chain is None:
             return
         polled, chain_state = chain
-        selection = select_challengers(
-            polled, self.state.last_started(), chain_state.block, self._affordable(), self.params
-        )
-        if selection.chosen and not self.stopping.is_set():
-            await self._step("round", self._round(selection, standings, chain_state))
+        await self._step("rounds", self._launch(polled, chain_state))
         await self._step("weights", self.weights.run(chain_state))
         await self._step("pods", self._pods())
+
+    async def _launch(self, polled: tuple[Queued, ...], chain: ChainState) -> None:
+        """Start rounds from the queue, in first-seen order, one pod each, while room is left."""
+        if self.stopping.is_set():
+            return
+        await self.recover()  # a round an earlier pass could not conclude is settled first
+        busy = self.flight.busy()
+        queue = [q for q in polled if (q.submission.hotkey, q.submission.digest) not in busy]
+        while self.flight.room and queue and not self.stopping.is_set():
+            selection = select_challengers(
+                queue, self.state.last_started(), chain.block, self._affordable(), self.params
+            )
+            places = self.params.max_challengers_per_round
+            if not worth_a_round(len(selection.chosen), places, in_flight=len(self.flight.rounds)):
+                return
+            plan = await self._plan(selection, chain)
+            chosen = {(s.hotkey, s.digest) for s in selection.chosen}
+            self.flight.start(plan.record.round_id, chosen, self._fly(plan, chain))
+            queue = [q for q in queue if (q.submission.hotkey, q.submission.digest) not in chosen]
 
     async def _poll(self, standings: Standings) -> tuple[tuple[Queued, ...], ChainState]:
         opponent = standings.leader.digest if standings.leader is not None else None
@@ -257,11 +295,9 @@ class Daemon:
             self.watchdog.last_change = time.monotonic()
         return polled.queue, polled.chain
 
-    async def _round(self, selection: Selection, standings: Standings, chain: ChainState) -> None:
-        # a round an earlier pass could not conclude (its writes failed) is settled first
-        if self.state.unfinished_rounds():
-            await self.recover()
-            _, standings = self.state.standings()
+    async def _plan(self, selection: Selection, chain: ChainState) -> RoundPlan:
+        """The round's plan, persisted (salt, seed, job, starts) and announced before it runs."""
+        _, standings = self.state.standings()
         records = {
             (r.submission.hotkey, r.submission.digest): r
             for r in self.state.submissions(current_only=True)
@@ -289,6 +325,11 @@ class Daemon:
         log.info("round planned", round_id=round_id, challengers=[c.submission.hotkey for c in challengers],
                  leader=None if leader is None else leader.hotkey, salt_hash=plan.record.salt_hash)  # fmt: skip
         await self._publish(chain, plan.record)
+        return plan
+
+    async def _fly(self, plan: RoundPlan, chain: ChainState) -> None:
+        """Run one planned round on its pod and conclude it, whatever happens on the way."""
+        round_id = plan.record.round_id
         try:
             result = await self.runner.run(plan)
         except asyncio.CancelledError:
@@ -302,13 +343,24 @@ class Daemon:
             log.exception("round failed unexpectedly", round_id=round_id)
             detail = f"{type(exc).__name__}: {exc}"
             result = RoundResult(round_id, None, ReasonCode.AGENT_FAILED, detail)
-        await self._conclude(plan.job, result, chain)
+        await self._conclude(plan.job, result, await self._fresh_chain(chain))
+
+    async def _fresh_chain(self, chain: ChainState) -> ChainState:
+        """The chain now, for whom a finished round can still pay; the one it started on if the
+        chain cannot be read (the metagraph changes slowly; the next pass sets weights anyway)."""
+        try:
+            return await self.parts.chain.read_state()
+        except ChainFailure as exc:
+            log.warning("chain unreadable at a round's end; scoring on its start", reason=str(exc))
+            return chain
 
     async def _conclude(self, job: JobSpec, result: RoundResult, chain: ChainState) -> None:
-        _, standings = self.state.standings()
-        registered = {n.hotkey for n in chain.neurons}
-        scored = self.scoring.score(job, result, standings, registered)
-        self.state.score_round(scored)
+        """Score and persist one finished round; rounds finishing together take turns."""
+        async with self.flight.scoring:
+            _, standings = self.state.standings()
+            registered = {n.hotkey for n in chain.neurons}
+            scored = self.scoring.score(job, result, standings, registered)
+            self.state.score_round(scored)
         log.info("round scored", round_id=job.round_id, void=scored.void, detail=scored.detail,
                  verdicts=[(v.hotkey, v.outcome.value, v.reason) for v in scored.verdicts],
                  changes=[(c.kind.value, c.holder.hotkey) for c in scored.changes])  # fmt: skip
@@ -358,12 +410,14 @@ class Daemon:
         return result
 
     def _affordable(self) -> int:
-        """Challengers the remaining daily budget admits: a round's projected cost or none."""
+        """Challengers the remaining daily budget admits: another round, only while the
+        projected spend of every round in flight and this one fits."""
         pods = self.settings.pods
         round_cost = pods.max_price_per_hour * self.settings.workload.expected_round_hours
+        in_flight = len(self.flight.rounds)
         return (
             self.params.max_challengers_per_round
-            if self.parts.leases.budget_left() >= round_cost
+            if self.parts.leases.budget_left() >= (in_flight + 1) * round_cost
             else 0
         )
 
@@ -385,3 +439,11 @@ class Daemon:
             )
             return True
         return False
+
+
+def _challengers(job: JobSpec) -> frozenset[tuple[Hotkey, Digest]]:
+    return frozenset(
+        (Hotkey(c.hotkey), Digest(c.image.rpartition("@")[2]))
+        for c in job.contestants
+        if c.role is Role.CHALLENGER and c.hotkey is not None
+    )

@@ -18,7 +18,7 @@ import secrets
 
 from cacheon import __version__
 from cacheon.arena import ArenaParams
-from cacheon.config import ArenaSettings, Settings
+from cacheon.config import ArenaSettings, Settings, WorkloadSettings
 from cacheon.protocol import CONTRACT_VERSION, SCHEMA_VERSION, GateThresholds, Workload
 from cacheon.store.db import Database
 
@@ -40,6 +40,11 @@ def arena_params(settings: ArenaSettings) -> ArenaParams:
         copy_tiny_bytes=int(settings.copy_tiny_mb * 1e6),
         copy_file_share=settings.copy_file_share,
     )
+
+
+def workload(settings: WorkloadSettings) -> Workload:
+    """What the agent measures, from the operator's settings."""
+    return Workload(**settings.model_dump(include=set(Workload.model_fields)))
 
 
 def evaluation_version(settings: Settings, workload: Workload, gate: GateThresholds) -> str:

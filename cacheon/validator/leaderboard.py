@@ -164,8 +164,12 @@ def _place(element_id: str, title: str, s: Standing | None, scale: _Scale) -> st
 def _next_round(report: PublicReport, upcoming: NextRound | None) -> str:
     facts: list[tuple[str, str]] = []
     current = report.round
-    if upcoming is not None and upcoming.in_progress is not None:
-        facts.append(("now", f"round <code>{escape(upcoming.in_progress)}</code> is running"))
+    if upcoming is not None and upcoming.running:
+        names = ", ".join(f"<code>{escape(r)}</code>" for r in upcoming.running)
+        many = len(upcoming.running) > 1
+        facts.append(
+            ("now", f"round{'s' if many else ''} {names} {'are' if many else 'is'} running")
+        )
         if upcoming.in_progress_since is not None:
             facts.append(("started", _time(upcoming.in_progress_since)))
     elif current is not None and current.state in ("planned", "running"):
@@ -177,6 +181,7 @@ def _next_round(report: PublicReport, upcoming: NextRound | None) -> str:
             facts.append(("next poll", _time(upcoming.next_poll_at, due=True)))
         facts.append(("polls", f"every {upcoming.poll_interval_s:g} s"))
         facts.append(("per round", f"up to {upcoming.max_challengers} challengers"))
+        facts.append(("at once", f"up to {upcoming.max_parallel} rounds, one pod each"))
     if report.pending:
         count = len(report.pending)
         facts.append(("pending", f"{count} challenger{'' if count == 1 else 's'}"))

@@ -108,10 +108,18 @@ class Poller:
         )
 
         protected = self._state.passed()
+        unfailed = self._state.not_failed()
         base = await self._base()
         queue: list[Queued] = []
         for entry in listed:
-            place = self._entry(entry, protected, base, opponent, holders)
+            place = self._entry(
+                entry,
+                protected=protected,
+                unfailed=unfailed,
+                base=base,
+                opponent=opponent,
+                holders=holders,
+            )
             if isinstance(place, Verdict):
                 verdicts += self._once(place)
             elif place is not None:
@@ -127,7 +135,9 @@ class Poller:
     def _entry(
         self,
         entry: _Listed,
+        *,
         protected: list[Submission],
+        unfailed: list[Submission],
         base: frozenset[str] | None,
         opponent: Digest | None,
         holders: frozenset[tuple[Hotkey, Digest]],
@@ -144,6 +154,7 @@ class Poller:
             protected=protected,
             base_layers=base,
             tiny_bytes=int(arena.copy_tiny_mb * 1e6),
+            holders=unfailed,
         )
         sub = screened.submission
         if screened.outcome is Outcome.FAIL:

@@ -192,7 +192,7 @@ class RoundRunner:
         except (SshError, BootstrapError, PodNotReady, ProvisionError, JobStartError) as exc:
             return await self._pod_failed(round_id, lease, exc)
         finally:
-            self._leases.touch(lease)
+            self._leases.done(lease)
         return await self._finish(round_id, outcome)
 
     async def resume(self, record: RoundRecord) -> RoundResult:
@@ -202,6 +202,7 @@ class RoundRunner:
         if lease is None or not lease.live or record.job_dir is None or record.job_pid is None:
             return RoundResult(round_id, None, ReasonCode.ROUND_ABANDONED, "its pod is gone")
         job = JobSpec.model_validate_json(record.job)
+        self._leases.hold(lease)
         try:
             install = await self._prepare(lease, pull=False)
             outcome = await resume_job(
@@ -214,6 +215,8 @@ class RoundRunner:
             )
         except (SshError, BootstrapError, PodNotReady, ProvisionError) as exc:
             return await self._pod_failed(round_id, lease, exc)
+        finally:
+            self._leases.done(lease)
         return await self._finish(round_id, outcome)
 
     async def _prepare(self, lease: Lease, *, pull: bool = True) -> AgentInstall:

@@ -147,6 +147,17 @@ class ValidatorState:
         rows = self.db.query(f"SELECT * FROM submissions{where}")  # noqa: S608 (fixed fragment)
         return [_submission(row) for row in rows]
 
+    def not_failed(self) -> list[Submission]:
+        """Submissions whose latest decisive verdict is not a FAIL (none yet included): the
+        earlier holders of a digest that a later exact copy of it cannot displace."""
+        rows = self.db.query(
+            "SELECT s.* FROM submissions s WHERE COALESCE((SELECT v.outcome FROM verdicts v"
+            " WHERE v.hotkey = s.hotkey AND v.digest = s.digest AND v.outcome != ?"
+            " ORDER BY v.id DESC LIMIT 1), '') != ?",
+            (Outcome.NO_DECISION.value, Outcome.FAIL.value),
+        )
+        return [_submission(row).submission for row in rows]
+
     def passed(self) -> list[Submission]:
         """Submissions whose latest decisive verdict is a PASS: the earlier holders worth
         protecting from copies (DESIGN.md §4.6); a failed one protects nothing."""

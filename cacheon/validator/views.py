@@ -19,10 +19,12 @@ from cacheon.arena import Evidence, bounds, noise_bound
 from cacheon.protocol import (
     Digest,
     Hotkey,
+    JobSpec,
     PublicReport,
     PublicRound,
     PublishedVerdict,
     ReasonCode,
+    Role,
     Standing,
 )
 from cacheon.validator.publish import RECENT_VERDICTS, build_public_report, public_round
@@ -42,14 +44,28 @@ class _View(BaseModel):
 
 
 class NextRound(_View):
-    """When the next round can start: after the one in progress, at the next loop pass."""
+    """When the next round can start: at the next loop pass, once a pod's place is free."""
 
     in_progress: str | None = None
-    """The id of a round planned or running now."""
+    """The id of the oldest round planned or running now."""
     in_progress_since: float | None = None
     next_poll_at: float | None = None
     poll_interval_s: float
     max_challengers: int
+    max_parallel: int
+    """Rounds that may run at once, each on its own pod."""
+    running: tuple[str, ...] = ()
+    """Every round planned or running now, oldest first."""
+
+
+class RoundInFlight(_View):
+    round_id: str
+    state: str
+    pod: str | None
+    """The lease the round runs on (None until its agent started)."""
+    started_at: float
+    challengers: tuple[str, ...]
+    """Their hotkeys, in the round's order."""
 
 
 class WeightsEntry(_View):
@@ -74,6 +90,8 @@ class LeaseView(_View):
     state: str
     price_per_hour: float
     created_at: float
+    round_id: str | None = None
+    """The round running on it now, if any."""
 
 
 class PodsView(_View):
@@ -89,6 +107,8 @@ class Operations(_View):
     stopping: bool
     last_block: int | None
     pods: PodsView
+    rounds: tuple[RoundInFlight, ...] = ()
+    """Every round planned or running now."""
     weights: WeightsView
     next_round: NextRound
 
@@ -196,6 +216,25 @@ def next_round(daemon: DaemonView) -> NextRound:
         next_poll_at=daemon.loop_alive_at + interval if daemon.loop_alive_at else None,
         poll_interval_s=interval,
         max_challengers=daemon.params.max_challengers_per_round,
+        max_parallel=daemon.settings.pods.max_parallel,
+        running=tuple(record.round_id for record in running),
+    )
+
+
+def in_flight(daemon: DaemonView) -> tuple[RoundInFlight, ...]:
+    return tuple(
+        RoundInFlight(
+            round_id=record.round_id,
+            state=record.state.value,
+            pod=record.pod,
+            started_at=record.started_at,
+            challengers=tuple(
+                c.hotkey
+                for c in JobSpec.model_validate_json(record.job).contestants
+                if c.role is Role.CHALLENGER and c.hotkey is not None
+            ),
+        )
+        for record in daemon.state.unfinished_rounds()
     )
 
 
@@ -203,6 +242,8 @@ def status(daemon: DaemonView) -> StatusView:
     leases = daemon.parts.leases
     log = daemon.state.weights_log(200)
     success = daemon.state.last_successful_weights()
+    rounds = in_flight(daemon)
+    on_pod = {r.pod: r.round_id for r in rounds if r.pod is not None}
     return StatusView(
         report=public_report(daemon),
         operations=Operations(
@@ -217,12 +258,14 @@ def status(daemon: DaemonView) -> StatusView:
                         state=lease.state.value,
                         price_per_hour=lease.price_per_hour,
                         created_at=lease.created_at,
+                        round_id=on_pod.get(lease.name),
                     )
                     for lease in leases.ledger.live()
                 ),
                 spent_today_usd=leases.spent_today(),
                 daily_budget_usd=daemon.settings.pods.daily_budget_usd,
             ),
+            rounds=rounds,
             weights=WeightsView(
                 last_attempt=_weights(log[0]) if log else None,
                 last_success=None if success is None else _weights(success),

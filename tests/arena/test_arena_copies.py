@@ -195,3 +195,19 @@ def test_small_files_are_sampled_and_weighted() -> None:
     assert match is not None
     assert match.contained == 0.0
     assert match.novel_bytes == 64_000
+
+
+def test_an_exact_copy_of_a_queued_image_is_a_copy_but_a_failed_one_protects_nothing() -> None:
+    queued = sub("alice", "a", 100, uid=5)
+    copy = sub("bob", "a", 200, uid=2)
+    # alice has not been judged yet: bob's exact copy earns nothing either
+    assert _found(layer_copy(copy, [], BASE, tiny_bytes=TINY, holders=[queued])) == (
+        ReasonCode.COPY_OF,
+        "alice",
+    )
+    # alice failed (she is neither protected nor a holder): bob's verdict is the image's own
+    assert layer_copy(copy, [], BASE, tiny_bytes=TINY, holders=[]) is None
+    # layers of an unjudged image protect nothing: building on it is not copying a winner
+    built = sub("bob", "c", 200, uid=2, layers={"base-cuda", "alice-engine", "bob-tweak"})
+    alice = sub("alice", "a", 100, uid=5, layers={"base-cuda", "alice-engine"})
+    assert layer_copy(built, [], BASE, tiny_bytes=TINY, holders=[alice]) is None

@@ -34,7 +34,7 @@ def _validator_round(arena: LocalArena) -> tuple[dict[str, tuple[str, str]], str
         async def one_pass() -> None:
             await daemon.parts.leases.start()
             await daemon.recover()
-            await daemon.cycle()
+            await daemon.one_pass()
             await daemon.parts.leases.close()
             await daemon.parts.chain.close()
 

@@ -153,6 +153,7 @@ def test_check_server_measures_a_running_server(
     with _toy_server(tmp_path, FAST) as url:
         proc = run_miner(
             "check", "--server", url, "--leader", leader,
+            "--sigma", "0.02",  # a validator's published launch noise, as a miner would give it
             "--config", str(_config(tmp_path, baseline)),
             "--model-path", str(model_dir), "--out", str(tmp_path / "out"),
             env={"DOCKER_HOST": docker_daemon.host},

@@ -24,7 +24,7 @@ def test_a_round_crowns_the_fastest_and_pays_0_8_0_2(local_arena: LocalArena) ->
         async def one_pass() -> None:
             await daemon.parts.leases.start()
             await daemon.recover()
-            await daemon.cycle()
+            await daemon.one_pass()
             await daemon.parts.leases.close()
             await daemon.parts.chain.close()
 
