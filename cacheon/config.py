@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -198,6 +198,17 @@ class WorkloadSettings(_Section):
     round_deadline_s: float = Field(default=4 * 3600.0, gt=0)
     expected_round_hours: float = Field(default=2.0, gt=0)
     """Projected pod time of one round, for budget admission."""
+
+    @model_validator(mode="after")
+    def _one_count_per_level(self) -> WorkloadSettings:
+        for name in ("level_prompts", "level_blocks"):
+            counts = getattr(self, name)
+            if counts and len(counts) != len(self.concurrencies):
+                raise ValueError(
+                    f"{name} has {len(counts)} counts for {len(self.concurrencies)} concurrencies:"
+                    " give one per level, in their order, or [] for the same at every level"
+                )
+        return self
 
 
 class LogSettings(_Section):

@@ -297,6 +297,8 @@ class LocalArena:
                 "concurrencies": [1, 2],
                 "prompts_per_block": 2,
                 "blocks_per_level": 1,
+                "level_prompts": [],
+                "level_blocks": [],
                 "warmup_requests": 1,
                 "max_tokens": 12,
                 "request_timeout_s": 20.0,

@@ -133,6 +133,19 @@ class DaemonCollector(Collector):
             "cacheon_round_in_progress", "1 while a round is planned or running",
             int(ops.next_round.in_progress is not None),
         )  # fmt: skip
+        yield _gauge("cacheon_rounds_in_flight", "Rounds planned or running now", len(ops.rounds))
+        yield _gauge(
+            "cacheon_rounds_max_parallel", "Rounds that may run at once, one pod each",
+            ops.next_round.max_parallel,
+        )  # fmt: skip
+        flying = GaugeMetricFamily(
+            "cacheon_round_started_timestamp_seconds",
+            "Unix time each round in flight started, by round and the pod that runs it",
+            labels=["round_id", "pod"],
+        )
+        for r in ops.rounds:
+            flying.add_metric([r.round_id, r.pod or ""], r.started_at)
+        yield flying
         yield _gauge(
             "cacheon_pending_challengers",
             "Challengers still accumulating evidence",

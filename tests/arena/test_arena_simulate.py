@@ -55,6 +55,7 @@ def test_table_renders_every_row(params: ArenaParams) -> None:
     for label in ("exact copy", "+0.5%", "+2.0%", "+3.0%", "+5.0%", "naive", "O'Brien-Fleming"):
         assert label in text
     assert "power at +5.0% needs max_launches" in text
+    assert "two crowns in one round" in text
 
 
 def test_cli_simulate(capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,3 +63,11 @@ def test_cli_simulate(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "launch noise 5.0%" in out
     assert "exact copy" in out
+
+
+def test_the_faster_of_two_crowns_leads(params: ArenaParams) -> None:
+    # +6.7% pending for three rounds, +21% arriving in its fourth: the faster ends up leading
+    rng = seeded(6)
+    quiet = simulate.Noise(launch=0.01, block=0.0)
+    wins = sum(simulate.two_crowns(rng, quiet, params) for _ in range(100))
+    assert wins >= 99

@@ -19,6 +19,7 @@ from cacheon.testing.services import DockerDaemon, Registry, SeaweedS3, Sshd
 from cacheon.validator.assemble import build_parts, state_path
 from cacheon.validator.daemon import Daemon
 from cacheon.validator.state import RoundRecord, RoundState
+from cacheon.validator.views import status
 
 CHALLENGERS = ("fast", "second", "slow", "cheat")
 
@@ -115,6 +116,13 @@ def test_a_pod_lost_voids_its_round_only(two_pods: LocalArena) -> None:
                 if len(running) == 2:
                     break
                 await asyncio.sleep(0.2)
+            # what an operator sees now: both rounds, each on its pod
+            shown = status(daemon).operations
+            assert {(r.round_id, r.pod) for r in shown.rounds} == {
+                (r.round_id, r.pod) for r in running
+            }
+            assert {p.round_id for p in shown.pods.running} >= {r.round_id for r in running}
+            assert shown.next_round.max_parallel == 2
             # the extra pod dies (the first is the session's pod, which later tests use)
             doomed = arena.services.more_pods[0]
             leases = {r.round_id: daemon.parts.leases.ledger.get(str(r.pod)) for r in running}

@@ -174,7 +174,7 @@ async def build_season(tmp: Path, store: ObjectStore | None = None, **web: objec
     # round 1, no leader yet: fast is crowned against the baseline, steady stays pending,
     # sloppy fails the correctness gate
     await daemon.poller.poll(None, frozenset())
-    await _round(daemon, "r1", ["fast", "steady", "sloppy"], hotkeys, failed={"sloppy"})
+    await play_round(daemon, "r1", ["fast", "steady", "sloppy"], hotkeys, failed={"sloppy"})
 
     for name in ("close", "rookie"):
         fields = commitment_fields(IMAGES[name])
@@ -185,9 +185,9 @@ async def build_season(tmp: Path, store: ObjectStore | None = None, **web: objec
     holders = frozenset((h.hotkey, h.digest) for h in (standings.leader,) if h is not None)
     await daemon.poller.poll(digest("1"), holders)
     # round 2: the pod is lost before anything was measured (nobody's fault)
-    await _round(daemon, "r2", ["steady", "close"], hotkeys, lost=True)
+    await play_round(daemon, "r2", ["steady", "close"], hotkeys, lost=True)
     # round 3, fast bookended as leader: steady is not faster, close and rookie too close to call
-    await _round(daemon, "r3", ["steady", "close", "rookie"], hotkeys, leader="fast")
+    await play_round(daemon, "r3", ["steady", "close", "rookie"], hotkeys, leader="fast")
 
     state = await chain.read_state()
     daemon.watchdog.saw(state.block)
@@ -196,7 +196,7 @@ async def build_season(tmp: Path, store: ObjectStore | None = None, **web: objec
     return Season(daemon, devnet, hotkeys, validator, settings)
 
 
-async def _round(
+async def play_round(
     daemon: Daemon,
     round_id: str,
     names: list[str],
