@@ -4,6 +4,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 VENV ?= .venv
+PODS ?= 1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TIMED := scripts/timed
@@ -11,7 +12,7 @@ TIMED := scripts/timed
 .PHONY: help test demo system venv lint typecheck test-unit test-services vllm-venv test-vllm
 
 help:
-	@echo "make demo   run a validator round locally on the embedded defaults"
+	@echo "make demo   run a validator round locally on the embedded defaults (PODS=2: two at once)"
 	@echo "make test   install what the tests need, then lint, type-check and run every test"
 
 system:
@@ -55,4 +56,4 @@ test: system venv lint typecheck test-unit test-services test-vllm
 	@echo "== all phases passed"
 
 demo: system venv
-	@$(BIN)/python -m cacheon.testing.demo --workdir .demo
+	@$(BIN)/python -m cacheon.testing.demo --workdir .demo --pods $(PODS)

@@ -36,27 +36,29 @@ from cacheon.validator.reasons import meaning
 COMMITTING = ("fast", "second", "slow", "cheat", "malformed")
 
 
-def run_demo(workdir: Path, console: Console, verbose: bool = False) -> PublicReport:
+def run_demo(workdir: Path, console: Console, verbose: bool = False, pods: int = 1) -> PublicReport:
     configure_logging("console", "info" if verbose else "warning", stream=sys.stderr)
     with ExitStack() as stack:
         with console.status("starting dockerd, the registry, the pod's sshd and S3 on loopback"):
-            services = start_services(stack)
-        return run_demo_on(services, workdir, console)
+            services = start_services(stack, pods)
+        return run_demo_on(services, workdir, console, pods)
 
 
-def run_demo_on(services: Services, workdir: Path, console: Console) -> PublicReport:
-    """The demo over running services (the test suite passes its own)."""
+def run_demo_on(services: Services, workdir: Path, console: Console, pods: int = 1) -> PublicReport:
+    """The demo over running services (the test suite passes its own); on `pods` pods, the
+    committed challengers are split into that many rounds, all in flight at once."""
     with ExitStack() as stack:
         with console.status("building toy miner images and the local chain"):
-            arena = LocalArena.create(workdir, services)
+            arena = LocalArena.create(workdir, services, pods=pods)
             stack.callback(arena.close)
             arena.commit(*COMMITTING)
             arena.commit("copycat")  # a block later: the same digest as `fast`
-        settings = arena.settings()
+        judged = len(COMMITTING) - 1  # the malformed commitment never reaches a round
+        settings = arena.settings(arena={"max_challengers_per_round": -(-judged // pods)})
         db = Database.open(state_path(settings))
         stack.callback(db.close)
         names = {image: name for name, image in arena.images.items()}
-        view = DemoView(console, {arena.baseline_image: "baseline", **names})
+        view = DemoView(console, {arena.baseline_image: "baseline", **names}, rounds=pods)
         daemon = Daemon(settings, replace(build_parts(settings, db), watcher=view))
         console.print("The validator's pass, as it happens:")
         with view:
@@ -74,6 +76,8 @@ def run_demo_on(services: Services, workdir: Path, console: Console) -> PublicRe
             last_round=rounds[0] if rounds else None,
         )
         row = chain.weights(NETUID, chain.head()).get(arena.validator.uid, [])
+        if pods > 1:
+            _rounds(console, daemon)
         _print(console, arena, report, row)
         (workdir / "report.json").write_text(report.model_dump_json(indent=1))
         page = workdir / "leaderboard.html"
@@ -92,6 +96,21 @@ async def _one_pass(daemon: Daemon) -> None:
     await daemon.one_pass()
     await daemon.parts.leases.close()
     await daemon.parts.chain.close()
+
+
+def _rounds(console: Console, daemon: Daemon) -> None:
+    """Which round ran on which pod, and when: with several pods they overlap."""
+    table = Table(title="Rounds (one pod each, in flight at once)")
+    for column in ("round", "pod", "state", "started", "ended"):
+        table.add_column(column)
+    rounds = sorted(daemon.state.rounds(), key=lambda r: r.started_at)
+    first = rounds[0].started_at if rounds else 0.0
+    for r in rounds:
+        ended = "-" if r.ended_at is None else f"+{r.ended_at - first:.1f} s"
+        table.add_row(
+            r.round_id, r.pod or "-", r.state.value, f"+{r.started_at - first:.1f} s", ended
+        )
+    console.print(table)
 
 
 def _print(
@@ -150,13 +169,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cacheon-demo", description=__doc__)
     parser.add_argument("--workdir", type=Path, help="keep the demo's files here (default: temp)")
     parser.add_argument("--verbose", action="store_true", help="show the daemon's logs")
+    parser.add_argument(
+        "--pods", type=int, default=1, choices=(1, 2), help="rounds at once, one pod each"
+    )
     args = parser.parse_args(argv)
     console = Console()
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="cacheon-demo-"))).resolve()
     if args.workdir is not None:
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
-    report = run_demo(workdir, console, args.verbose)
+    report = run_demo(workdir, console, args.verbose, args.pods)
     return 0 if report.leader is not None else 1
 
 

@@ -368,7 +368,7 @@ class Daemon:
             outcome = (
                 f"void: {scored.detail}" if scored.void else f"{len(scored.verdicts)} verdicts"
             )
-            self.parts.watcher.step(Step.SCORE, f"round {job.round_id}: {outcome}")
+            self.parts.watcher.step(Step.SCORE, f"round {job.round_id}: {outcome}", job.round_id)
         await self._publish(chain, self.state.round(job.round_id))
 
     async def _publish(self, chain: ChainState, record: RoundRecord | None) -> None:

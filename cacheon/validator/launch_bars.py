@@ -52,9 +52,13 @@ def progress_display(console: Console) -> Progress:
 class LaunchBars:
     """Adds a task per launch to a `progress_display`; `names` labels images (ref -> name)."""
 
-    def __init__(self, progress: Progress, names: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, progress: Progress, names: Mapping[str, str] | None = None, prefix: str = ""
+    ) -> None:
+        """`prefix` goes before every label (the round's, when several run at once)."""
         self.progress = progress
         self.names = dict(names or {})
+        self.prefix = prefix
         self._tasks: dict[int, TaskID] = {}
         self._labels: dict[int, str] = {}
         self._keys: set[str] = set()
@@ -93,7 +97,7 @@ class LaunchBars:
         shown = f"{key}'" if key in self._keys else key
         self._keys.add(key)
         name = self.names.get(event.message) if event.phase is Phase.PULL else None
-        label = f"launch {launch} {shown:>3}"
+        label = f"{self.prefix}launch {launch} {shown:>3}"
         return f"{label} {name}" if name else label
 
 

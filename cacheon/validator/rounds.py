@@ -147,9 +147,8 @@ class RoundRunner:
         self._leases = leases
         self._store = store
         self._watcher = watcher
-        self._on_event: Callable[[ProgressEvent], None] | None = (
-            None if watcher is None else watcher.progress
-        )
+        self._installing = asyncio.Lock()
+        """One agent install at a time: the wheelhouse is built in this process's cache."""
         self._wheelhouse = Path(settings.validator.state_dir).expanduser() / "wheelhouse"
         package_snapshot()  # now, while the files on disk are the code this process loaded
         self._ssh = SshOptions(
@@ -162,31 +161,33 @@ class RoundRunner:
         round_id = plan.record.round_id
         key = issue_round_key(self._db, round_id)
         pods = self._settings.pods
-        self._step(Step.RENT, f"a pod from {', '.join(pods.providers)}")
+        self._step(round_id, Step.RENT, f"a pod from {', '.join(pods.providers)}")
         try:
             lease = await self._leases.acquire(self._settings.workload.expected_round_hours)
         except BudgetExceeded as exc:
             return RoundResult(round_id, None, ReasonCode.BUDGET, str(exc))
         except PodError as exc:
             return RoundResult(round_id, None, ReasonCode.POD_LOST, str(exc))
-        self._step(Step.RENT, f"{lease.name} from {lease.provider}, {lease.price_per_hour:.2f}/h")
+        self._step(
+            round_id, Step.RENT, f"{lease.name} from {lease.provider}, {lease.price_per_hour:.2f}/h"
+        )
         spec = plan.job.model_copy(update={"uploads": self._slots(plan.job)})
         try:
-            install = await self._prepare(lease)
+            install = await self._prepare(round_id, lease)
 
             def started(job: RemoteJob) -> None:
                 self._state.round_running(round_id, lease.name, job.job_dir, job.pid)
 
             order = spec.launch_order
             primed = (f"{k}'" if k in order[:i] else k for i, k in enumerate(order))
-            self._step(Step.LAUNCHES, " ".join(primed))
+            self._step(round_id, Step.LAUNCHES, " ".join(primed))
             outcome = await drive_job(
                 self._connector(lease),
                 install,
                 spec,
                 key,
                 lambda: self._slots(plan.job),
-                on_event=self._on_event,
+                on_event=self._events(round_id),
                 on_started=started,
             )
         except (SshError, BootstrapError, PodNotReady, ProvisionError, JobStartError) as exc:
@@ -204,14 +205,14 @@ class RoundRunner:
         job = JobSpec.model_validate_json(record.job)
         self._leases.hold(lease)
         try:
-            install = await self._prepare(lease, pull=False)
+            install = await self._prepare(round_id, lease, pull=False)
             outcome = await resume_job(
                 self._connector(lease),
                 install,
                 RemoteJob(round_id, record.job_dir, record.job_pid),
                 lambda: self._slots(job),
                 deadline_s=job.round_deadline_s,
-                on_event=self._on_event,
+                on_event=self._events(round_id),
             )
         except (SshError, BootstrapError, PodNotReady, ProvisionError) as exc:
             return await self._pod_failed(round_id, lease, exc)
@@ -219,33 +220,41 @@ class RoundRunner:
             self._leases.done(lease)
         return await self._finish(round_id, outcome)
 
-    async def _prepare(self, lease: Lease, *, pull: bool = True) -> AgentInstall:
+    async def _prepare(self, round_id: str, lease: Lease, *, pull: bool = True) -> AgentInstall:
         """Agent installed, pod checked, model verified, baseline pulled (all cached per pod)."""
         settings = self._settings
-        self._step(Step.INSTALL, f"the agent on {lease.name} over SSH")
+        self._step(round_id, Step.INSTALL, f"the agent on {lease.name} over SSH")
         session = await self._connector(lease)()
         try:
-            install = await install_agent(
-                session,
-                agent_root=settings.pods.agent_root,
-                cache_dir=self._wheelhouse,
-                python_url=settings.pods.python_url,
-                python_sha256=settings.pods.python_sha256,
-            )
+            async with self._installing:
+                install = await install_agent(
+                    session,
+                    agent_root=settings.pods.agent_root,
+                    cache_dir=self._wheelhouse,
+                    python_url=settings.pods.python_url,
+                    python_sha256=settings.pods.python_sha256,
+                )
             if pull:
                 model = settings.model
-                self._step(Step.PROVISION, f"{model.name}@{model.revision} and the baseline")
+                detail = f"{model.name}@{model.revision} and the baseline"
+                self._step(round_id, Step.PROVISION, detail)
                 await check_pod(session, install, PodRequirements.from_settings(settings.model))
                 plan = fetch_plan(settings.model, settings.pods.agent_root, self._store)
-                await provision_model(session, install, plan, on_event=self._on_event)
+                await provision_model(session, install, plan, on_event=self._events(round_id))
                 await prepull(session, settings.model.baseline_image)
         finally:
             await session.close()
         return install
 
-    def _step(self, step: Step, detail: str) -> None:
+    def _step(self, round_id: str, step: Step, detail: str) -> None:
         if self._watcher is not None:
-            self._watcher.step(step, detail)
+            self._watcher.step(step, detail, round_id)
+
+    def _events(self, round_id: str) -> Callable[[ProgressEvent], None] | None:
+        watcher = self._watcher
+        if watcher is None:
+            return None
+        return lambda event: watcher.progress(event, round_id)
 
     def _connector(self, lease: Lease) -> Connector:
         target = lease.ssh

@@ -27,9 +27,10 @@ class Step(StrEnum):
 
 
 class RoundWatcher(Protocol):
-    def step(self, step: Step, detail: str) -> None:
-        """The round is at `step`, doing `detail`; called again for the same step, it says what
-        came of it (the pod rented)."""
+    def step(self, step: Step, detail: str, round_id: str | None = None) -> None:
+        """Round `round_id` is at `step`, doing `detail`; called again for the same step, it
+        says what came of it (the pod rented). None: the loop's own step (weights). Several
+        rounds may be in flight at once, each on its pod."""
 
-    def progress(self, event: ProgressEvent) -> None:
-        """One progress line of the agent on the pod (model fetch, launches, upload)."""
+    def progress(self, event: ProgressEvent, round_id: str | None = None) -> None:
+        """One progress line of round `round_id`'s agent (model fetch, launches, upload)."""

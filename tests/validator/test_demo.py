@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from rich.console import Console
 from cacheon.protocol import ReasonCode
 from cacheon.testing.demo import run_demo_on
 from cacheon.testing.fake_pods import LoopThread
-from cacheon.testing.local_arena import Services
+from cacheon.testing.local_arena import Services, start_more_pods
 from cacheon.testing.services import DockerDaemon, Registry, SeaweedS3, Sshd
 
 
@@ -56,3 +57,24 @@ def _shows_each_step(lines: list[str]) -> None:
     assert "B' baseline" in launches[-1], launches
     assert any(" fast " in line and "done" in line for line in launches), launches
     assert any(" cheat " in line and "failed: conformance" in line for line in launches), launches
+
+
+def test_the_demo_on_two_pods_shows_both_rounds(
+    services: Services, docker_daemon: DockerDaemon, tmp_path: Path
+) -> None:
+    with ExitStack() as stack:
+        more = start_more_pods(stack, docker_daemon, 1)
+        two = Services(services.docker, services.registry, services.pod, services.s3,
+                       services.loop, more)  # fmt: skip
+        out = io.StringIO()
+        report = run_demo_on(two, tmp_path, Console(file=out, width=160), pods=2)
+    printed = out.getvalue()
+    rounds = {line.split()[1] for line in printed.splitlines() if line.startswith("│ r0")}
+    assert len(rounds) == 2, printed
+    for round_id in rounds:  # each round's own rows, from rent to score
+        for step in ("rent", "install", "launches", "score"):
+            assert f"✓ {round_id} {step}" in printed, (round_id, step)
+    pods = {line.split("│")[2].strip() for line in printed.splitlines() if line.startswith("│ r0")}
+    assert len(pods) == 2, printed
+    assert report.leader is not None
+    assert ReasonCode.COPY_OF.value in printed

@@ -31,6 +31,7 @@ from cacheon.testing.reliability.chaos import S3Proxy, TcpProxy, small_tmpfs
 from cacheon.testing.reliability.report import Row, judge
 from cacheon.validator.assemble import build_parts, state_path
 from cacheon.validator.daemon import Daemon
+from cacheon.validator.watch import Step
 
 ROUND_TIMEOUT_S = 420.0
 """Past the 300 s a dead pod's reconnect window holds a round (`remote.jobs`)."""
@@ -132,10 +133,10 @@ class Trial:
 
     def start_in_process(self, db: Database) -> None:
         parts = build_parts(self.settings, db)
-        parts = replace(parts, chain=FlakyChain(self.settings.chain, self.chain))
-        self.daemon = Daemon(self.settings, parts)
         # the trial watches the agent's progress the way the runner reports it
-        self.daemon.runner._on_event = self.events.append
+        watcher = _Progress(self.events)
+        parts = replace(parts, chain=FlakyChain(self.settings.chain, self.chain), watcher=watcher)
+        self.daemon = Daemon(self.settings, parts)
         self.task = asyncio.create_task(self.daemon.run())
 
     async def stop(self) -> None:
@@ -228,3 +229,16 @@ def _concluded_after(trial: Trial) -> bool:
 
 def _weights_set(trial: Trial) -> list[sqlite3.Row]:
     return trial.rows("SELECT * FROM weights_log WHERE status = 'set'")
+
+
+class _Progress:
+    """A `RoundWatcher` that keeps the agents' progress lines, for the fault's trigger."""
+
+    def __init__(self, events: list[ProgressEvent]) -> None:
+        self.events = events
+
+    def step(self, step: Step, detail: str, round_id: str | None = None) -> None:
+        """Steps are not what a fault waits for."""
+
+    def progress(self, event: ProgressEvent, round_id: str | None = None) -> None:
+        self.events.append(event)
