@@ -10,8 +10,7 @@ sentinel.
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from cacheon.agent.response import Response
 
@@ -58,32 +57,21 @@ def speed_k(n_baseline: int, max_tokens: int) -> int:
     return min(n_baseline, max_tokens)
 
 
-def median_itl_ns(responses: Iterable[Response]) -> float | None:
-    """The median ITL over responses (a launch's): None when none has a gap."""
-    gaps = [gap for response in responses for gap in itl_ns(response)]
-    return statistics.median(gaps) if gaps else None
-
-
-def time_to_token_ns(response: Response, k: int, launch_itl_ns: float | None) -> int:
+def time_to_token_ns(response: Response, k: int) -> int:
     """T_k: the time to the response's k-th token (1-based), the speed of a request.
 
-    A response shorter than k is timed to its last token plus (k - n) times its own median
-    inter-token gap, so output length cannot buy speed in either direction: a stop at a near-tie
-    EOS ends the stream early but not the clock. With no gap of its own (one token, or every
-    token in one event) it pays the launch's median gap, and with none in the launch either its
-    own pace from the send (time to its last token over its token count).
+    A response shorter than k is timed as if it had gone on at its own pace since the send,
+    T_n * k / n, so output length cannot buy speed in either direction: a stop at a near-tie EOS
+    ends the stream early but not the clock. Its pace since the send, not its gaps between
+    events: a server that holds its tokens and sends them in one burst at the end shows gaps of
+    nothing (and so does an overloaded host whose events bunch up), while the time it took to
+    produce them is all in T_n.
     """
     n = output_tokens(response)
     if n == 0 or k < 1:
         raise NoValue(f"no token {k} in a response of {n}")
     times = response.token_ns
-    if k <= n:
-        return times[k - 1]
-    own = itl_ns(response)
-    gap = statistics.median(own) if own else launch_itl_ns
-    if gap is None:
-        gap = times[-1] / n
-    return round(times[-1] + (k - n) * gap)
+    return times[k - 1] if k <= n else round(times[-1] * k / n)
 
 
 def speed(times_ns: Sequence[int]) -> float:

@@ -335,12 +335,6 @@ class RoundRunner:
         baseline = _baseline_counts(
             run for run in runs if self.contestants[run.key].role is Role.BASELINE
         )
-        gaps = {
-            run.index: metrics.median_itl_ns(
-                m.response for _, _, r in run.blocks for m in r.measured if m.response is not None
-            )
-            for run in runs
-        }
         return [
             Launch(
                 index=run.index,
@@ -352,7 +346,7 @@ class RoundRunner:
                 levels=()
                 if run.fault
                 else tuple(
-                    self._level(c, b, result, baseline, gaps[run.index]).model_copy(
+                    self._level(c, b, result, baseline).model_copy(
                         update={"remeasured": run.remeasured.get((c, b), 0)}
                     )
                     for c, b, result in run.blocks
@@ -370,7 +364,6 @@ class RoundRunner:
         block: int,
         result: BlockResult,
         baseline: dict[tuple[int, int, int], int],
-        launch_itl_ns: float | None,
     ) -> LevelMeasurement:
         prompts = self._block(concurrency, block)
         responses = [m.response for m in result.measured if m.response is not None]
@@ -381,7 +374,7 @@ class RoundRunner:
             n = metrics.output_tokens(measured.response)
             n_baseline = baseline.get((concurrency, block, measured.index), n)
             k = metrics.speed_k(n_baseline, prompts[measured.index].max_tokens)
-            times.append(metrics.time_to_token_ns(measured.response, k, launch_itl_ns))
+            times.append(metrics.time_to_token_ns(measured.response, k))
         itl = [gap for r in responses for gap in metrics.itl_ns(r)]
         return LevelMeasurement(
             concurrency=concurrency,

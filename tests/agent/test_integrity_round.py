@@ -5,8 +5,9 @@ The model is the near-tie variant (`toy_lm.near_tie_seed`): it passes places whe
 fraction of a nat behind the argmax, where the gate lets a server stop.
 
 - Finding 1: the near-tie stopper cuts one answer in ten in half at such an EOS. It passes the
-  gate, and its speed is its honest twin's within the twin's own launch-to-launch noise, while
-  the old rule (k = min(n_baseline, n_contestant, max_tokens)) pays it about 6%.
+  gate, and its speed is no more than its honest twin's, within the twin's own launch-to-launch
+  noise (a cut answer is timed at its own pace since the send, which counts its prefill once
+  more), while the old rule (k = min(n_baseline, n_contestant, max_tokens)) pays it about 6%.
 - Finding 3c: the leader's engine with every reported logprob nudged (up to 1e-3 nats) is
   flagged a copy of the leader; engines with their own numerics are not.
 - Finding 5: an fp8-like engine (small fixed logit noise: p99 |Δlogprob| ~0.08, near-tie
@@ -245,8 +246,8 @@ def test_the_near_tie_stopper_passes_the_gate_and_gains_nothing(
         f"stopper: {shortened}/{len(cut)} answers cut; speed x{gain:.4f} of its twin (twin"
         f" launch-to-launch {noise:.4f}); under the old k rule x{old_gain:.4f}"
     )
-    assert abs(math.log(gain)) <= max(3 * noise, 0.015)  # within noise: it gained nothing
-    assert old_gain > 1.035  # what the old rule paid it
+    assert math.log(gain) <= max(3 * noise, 0.015)  # it gained nothing, within noise
+    assert old_gain / gain > 1.03  # what the old rule paid it, on the very same launches
 
 
 def test_a_logprob_nudged_copy_of_the_leader_is_flagged(round_128: Round) -> None:

@@ -42,8 +42,8 @@ def test_empty_and_role_chunks_do_not_count() -> None:
     assert metrics.output_tokens(response) == 3
     assert response.token_ids == (7, 8, 9)
     assert metrics.itl_ns(response) == [20 * MS]
-    assert metrics.time_to_token_ns(response, 2, None) == 40 * MS
-    assert metrics.time_to_token_ns(response, 3, None) == 60 * MS
+    assert metrics.time_to_token_ns(response, 2) == 40 * MS
+    assert metrics.time_to_token_ns(response, 3) == 60 * MS
 
 
 def test_several_tokens_in_one_event_count_as_several_gaps() -> None:
@@ -63,35 +63,32 @@ def test_k_is_the_baselines_length_whatever_the_contestants() -> None:
 
 
 def test_a_short_answer_is_timed_as_if_it_went_on_at_its_own_pace() -> None:
-    """Stopping at token 3 of a k = 6 answer: the clock runs on for 3 more of its own median
-    gaps (10, 10, 30 ms: 10 ms), as if the stream had gone on."""
+    """Stopping at token 4 (at 80 ms) of a k = 6 answer: timed at 80 ms x 6 / 4, as if the stream
+    had gone on at the pace it had since the send."""
     events = _stream(
-        (20, _chunk([1])), (30, _chunk([2])), (40, _chunk([3])), (70, _chunk([4], "stop"))
+        (20, _chunk([1])), (40, _chunk([2])), (60, _chunk([3])), (80, _chunk([4], "stop"))
     )
     response = parse(0, events, "m", 16)
-    assert metrics.time_to_token_ns(response, 4, None) == 70 * MS
-    assert metrics.time_to_token_ns(response, 6, 99 * MS) == 70 * MS + 2 * 10 * MS
-    longer = parse(
+    assert metrics.time_to_token_ns(response, 4) == 80 * MS
+    assert metrics.time_to_token_ns(response, 6) == 120 * MS
+    longer = _stream(*((20 + 10 * i, _chunk([i])) for i in range(8)), (100, _chunk([9], "length")))
+    assert metrics.time_to_token_ns(parse(0, longer, "m", 16), 6) == 70 * MS  # the k-th token
+
+
+def test_a_burst_at_the_end_does_not_shorten_what_is_missing() -> None:
+    """Holding the tokens back and sending them in one burst makes every gap nothing; the time
+    it took to produce them is still in the last token's time."""
+    streamed = parse(
         0,
-        _stream(*((20 + 10 * i, _chunk([i])) for i in range(8)), (100, _chunk([9], "length"))),
+        _stream(*((10 * (i + 1), _chunk([i])) for i in range(3)), (40, _chunk([3], "stop"))),
         "m",
         16,
     )
-    assert metrics.time_to_token_ns(longer, 6, None) == 70 * MS  # a longer answer: k-th token
-
-
-def test_an_answer_without_gaps_pays_the_launchs_median_gap() -> None:
-    one = parse(0, _stream((20, _chunk([1], "stop"))), "m", 16)
-    assert metrics.time_to_token_ns(one, 5, 7 * MS) == 20 * MS + 4 * 7 * MS
-    burst = parse(0, _stream((40, _chunk([1, 2, 3, 4], "stop"))), "m", 16)
-    assert metrics.time_to_token_ns(burst, 8, None) == 80 * MS  # no gap anywhere: 10 ms a token
-    assert metrics.median_itl_ns([one, burst]) is None
-    assert (
-        metrics.median_itl_ns(
-            [one, parse(0, _stream((1, _chunk([1])), (5, _chunk([2], "stop"))), "m", 16)]
-        )
-        == 4 * MS
+    burst = parse(
+        0, _stream(*((40, _chunk([i])) for i in range(3)), (40, _chunk([3], "stop"))), "m", 16
     )
+    assert metrics.itl_ns(burst) == [0.0, 0.0, 0.0]
+    assert metrics.time_to_token_ns(burst, 8) == metrics.time_to_token_ns(streamed, 8) == 80 * MS
 
 
 @pytest.mark.parametrize(
