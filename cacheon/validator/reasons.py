@@ -53,7 +53,10 @@ MEANINGS: Final = MappingProxyType(
         _R.BUDGET: "the validator's daily pod budget was spent",
         _R.CROWNED: "beat the leader (or, with none, the baseline) beyond the moat; the best such leads",
         _R.NOT_FASTER: "not faster than the leader (or, with none, the baseline) beyond the moat",
-        _R.PENDING: "too close to call yet: more launches in later rounds",
+        _R.PENDING: (
+            "not decided yet (too close to call, or crowned while another crown of the round"
+            " was faster): more launches in later rounds"
+        ),
     }
 )
 """Every reason code's one-line meaning (a test checks that none is missing)."""
