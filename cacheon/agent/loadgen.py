@@ -78,6 +78,8 @@ class Measured:
     response: Response | None
     reason: ReasonCode | None = None
     detail: str = ""
+    stream: StreamStats | None = None
+    """What its stream cost to frame (None: it never began)."""
 
 
 @dataclass
@@ -101,6 +103,10 @@ class ClientLoad:
     lag_p50_ns: int
     lag_p99_ns: int
     lag_max_ns: int
+    cpu_ns: int = 0
+    """CPU time the worker spent while the block streamed (the hot path)..."""
+    parse_ns: int = 0
+    """...and parsing its responses after it."""
 
     @property
     def saturated(self) -> bool:
@@ -331,13 +337,16 @@ class _Worker:
         monitor.cancel()
         gc.enable()
         lags.sort()
+        parsed = [self._parse(*item) for item in raw]
         load = ClientLoad(
             cpu_share=cpu / wall if wall else 0.0,
             lag_p50_ns=lags[len(lags) // 2] if lags else 0,
             lag_p99_ns=lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else 0,
             lag_max_ns=lags[-1] if lags else 0,
+            cpu_ns=cpu,
+            parse_ns=time.process_time_ns() - cpu0 - cpu,
         )
-        return [self._parse(*item) for item in raw], load
+        return parsed, load
 
     def _parse(self, index: int, sent: int, framed: Framed, max_tokens: int) -> Measured:
         try:
@@ -345,9 +354,9 @@ class _Worker:
                 raise framed.fault
             response = parse(sent, framed.events, self.model, max_tokens, self.vocab_size)
             framed.stats.check(len(response.token_ids))
-            return Measured(index, sent, response)
+            return Measured(index, sent, response, stream=framed.stats)
         except ResponseFault as exc:
-            return Measured(index, sent, None, exc.reason, exc.detail)
+            return Measured(index, sent, None, exc.reason, exc.detail, framed.stats)
 
     async def _request(
         self, session: aiohttp.ClientSession, body: bytes, max_tokens: int, timeout_s: float

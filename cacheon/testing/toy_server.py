@@ -111,7 +111,8 @@ PAD_LIMIT_EVENTS = 3
 a token, the token's own included)..."""
 PAD_LIMIT_BYTES = 8 << 10
 """...that bring each token's bytes up to this (the contract's bytes a token), each event written
-on its own so that it arrives in its own read: the costliest stream the limits allow."""
+on its own, spaced across the token's interval so that it arrives in a read of its own: the
+costliest stream the limits allow."""
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,8 @@ class ToyServer:
             )
             bad = None
             if fault is Fault.PADDING_WITHIN_LIMITS:
-                await stream.pad(PAD_LIMIT_BYTES * len(group) - written, PAD_LIMIT_EVENTS)
+                gap = speed.token_s * len(group) * slow / (PAD_LIMIT_EVENTS + 1)
+                await stream.pad(PAD_LIMIT_BYTES * len(group) - written, PAD_LIMIT_EVENTS, gap)
             start += len(group)
 
     def _late(self) -> bool:
@@ -403,9 +405,11 @@ class _Stream:
         await self.raw(chunk)
         return len(chunk)
 
-    async def pad(self, size: int, events: int) -> None:
-        """`events` comment events of about `size` bytes in all, each in its own write."""
+    async def pad(self, size: int, events: int, gap_s: float) -> None:
+        """`events` comment events of about `size` bytes in all, each in its own write `gap_s`
+        after the last, so that each arrives in a read of its own."""
         for _ in range(events):
+            await asyncio.sleep(gap_s)
             await self.raw(b":" + b"p" * max(0, size // events - 3) + b"\n\n")
 
     async def finish(self) -> None:

@@ -1,6 +1,10 @@
 """The hostile-server catalogue: every way a contestant may break the contract or game the gate,
 in one agent round on the real dockerd under the run profile, each with the reason it must FAIL
-with. A fake TTFT (empty first chunks) is not a FAIL: it must gain nothing over its honest twin.
+with. A fake TTFT (empty first chunks) is not a FAIL: it must gain nothing over its honest twin,
+and neither may a stream padded to the contract's limits (which must not saturate the client
+either). The leader's attack on a round (its second launch slower than its first) needs a
+leader and its bookends: it runs in its own round (`attacks`), judged against the same round
+without it.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ from cacheon.protocol import (
     Workload,
 )
 from cacheon.testing.local_arena import Services
+from cacheon.testing.reliability import attacks
 from cacheon.testing.toy_image import push_toy_image
 from cacheon.testing.toy_lm import EOS, Cheat, ToyLM
-from cacheon.testing.toy_server import Fault, Knobs, Speed
+from cacheon.testing.toy_server import Attack, Fault, Knobs, Speed
 
 MODEL = "Qwen/Qwen2.5-72B-Instruct"
 MAX_MODEL_LEN = 512
@@ -69,8 +74,9 @@ class Behaviour:
 
 
 def catalogue(model_seed: int) -> tuple[Behaviour, ...]:
-    def fault(name: str, f: Fault, reason: ReasonCode) -> Behaviour:
-        return Behaviour(name, Knobs(speed=SPEED, fault=f, model_seed=model_seed), reason)
+    def fault(name: str, f: Fault, reason: ReasonCode, attack: Attack | None = None) -> Behaviour:
+        knobs = Knobs(speed=SPEED, fault=f, model_seed=model_seed, attack=attack or Attack())
+        return Behaviour(name, knobs, reason)
 
     def cheat(name: str, c: Cheat, reason: ReasonCode, scale: float = 0.0) -> Behaviour:
         knobs = Knobs(speed=SPEED, cheat=c, cheat_scale=scale, model_seed=model_seed)
@@ -102,6 +108,26 @@ def catalogue(model_seed: int) -> tuple[Behaviour, ...]:
         Behaviour(
             "fake TTFT (empty first chunks)",
             Knobs(speed=TWIN_SPEED, fault=Fault.FAKE_TTFT, model_seed=model_seed),
+            None,
+        ),
+        # attacks on the round (issue 17): the contestant's own FAIL, never a void round
+        fault("5,000 comments before every token", Fault.COMMENT_PADDING, bad),
+        fault(
+            "comment padding at the top level only",
+            Fault.PADDING_AT_TOP,
+            bad,
+            Attack(pad_in_flight=WORKLOAD.concurrencies[-1]),
+        ),
+        fault("a token id outside the vocabulary", Fault.OUT_OF_VOCAB, conformance),
+        fault(
+            "a token id the baseline refuses",
+            Fault.OUT_OF_VOCAB,
+            conformance,
+            Attack(bad_token_id=attacks.REFUSED_ID),
+        ),
+        Behaviour(
+            "padding to the stream limits",
+            Knobs(speed=TWIN_SPEED, fault=Fault.PADDING_WITHIN_LIMITS, model_seed=model_seed),
             None,
         ),
     )
@@ -171,8 +197,7 @@ def run_catalogue(services: Services, root: Path) -> list[HostileResult]:
     for index, b in enumerate(behaviours):
         image = push_toy_image(*push, f"h/b{index:02d}", b.knobs)
         contestants.append(Contestant(key=f"h{index:02d}", role=Role.CHALLENGER, image=image))
-    (root / "model").mkdir(exist_ok=True)
-    (root / "model" / "generation_config.json").write_text(f'{{"eos_token_id": {EOS}}}')
+    attacks.model_dir(root)  # declares a vocabulary above the toy's, as Qwen2.5's config does
     keys = [c.key for c in contestants]
     job = JobSpec(
         round_id="r-hostile",
@@ -193,7 +218,26 @@ def run_catalogue(services: Services, root: Path) -> list[HostileResult]:
         leftovers = len(client.containers.list(all=True))
     finally:
         client.close()
-    return _judge(behaviours, report, leftovers)
+    return [*_judge(behaviours, report, leftovers), leader_attack(root / "leader")]
+
+
+def leader_attack(root: Path) -> HostileResult:
+    """The leader slower in its second launch: its own round, with and without the attack."""
+    case = next(c for c in attacks.CASES if c.attacker is None)
+    control = attacks.run_attack(None, root / "control")
+    attacked = attacks.run_attack(case, root / "attacked")
+    found = attacks.problems(attacked, control)
+    challenger = attacked.judged.of("C")
+    compared = challenger.reason.value if challenger and challenger.reason else "none"
+    return HostileResult(
+        case.name,
+        "round not void, challenger compared",
+        f"void={attacked.judged.void}",
+        f"challenger {compared}",
+        attacked.seconds,
+        not found,
+        "; ".join(found),
+    )
 
 
 def _judge(
@@ -211,6 +255,7 @@ def _judge(
         if b.reason is None:
             gain = _speed(launch) / _speed(launches["twin"])
             ok = result.outcome is not Outcome.FAIL and abs(gain - 1) <= FAKE_TTFT_TOLERANCE
+            ok = ok and not any(level.client_saturated for level in launch.levels)
             out.append(HostileResult(b.name, f"no gain (x{gain:.3f} vs twin)",
                                      result.outcome.value, reason, seconds, ok, result.detail))  # fmt: skip
             continue
