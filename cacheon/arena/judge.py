@@ -5,7 +5,8 @@ round with it and then persists what it returns, and `cacheon-miner check` judge
 round with it (an empty history, or one it is given), so a miner is told the verdict validators
 will reach, by the same code. The order of the rules is the order of blame: a round without a
 report, or whose pinned baseline did not run cleanly, decides nothing for its challengers; then
-each contestant's own outcome from the agent; then the speed decision for those that passed.
+each contestant's own outcome from the agent; then, for those that passed, the copy checks of
+the round (files, outputs) and the speed decision.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def judge(
         noise,
         history,
         measured,
-        opponent="the leader" if roster.leader is not None else "the baseline",
+        opponent=_opponent(roster, measured),
         protected=_protected(entrants, results, history),
         leader=roster.leader.digest if roster.leader is not None else None,
         copies=copies,
@@ -259,6 +260,15 @@ class _Rules:
             tiny_bytes=self.params.copy_tiny_bytes,
         )
         return ("files", *checks), copy
+
+
+def _opponent(roster: Roster, measured: RoundEvidence) -> str:
+    if roster.leader is None:
+        return "the baseline"
+    if measured.leader_unstable is not None:
+        swing = math.exp(measured.leader_unstable)
+        return f"the leader (through the baseline: its own bookends differed, L'/L x{swing:.3f})"
+    return "the leader"
 
 
 def _protected(
