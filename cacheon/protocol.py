@@ -432,8 +432,9 @@ class ContestantResult(_Model):
     reason: ReasonCode | None = None
     detail: str = ""
     copy_of: str | None = None
-    """Key of the leader whose measured outputs this contestant reproduced bit for bit (§4.6):
-    a behavioural copy, reported, and never runner-up."""
+    """Key of the leader whose measured outputs this contestant reproduced (§4.6: the same token
+    ids, logprobs within `GateThresholds.copy_logprob_tolerance`): a behavioural copy, reported,
+    and neither leader nor runner-up."""
 
 
 class TraceRef(_Model):

@@ -72,6 +72,8 @@ class CheckPlan:
     workload: Workload
     gate: GateThresholds
     startup_deadline_s: float
+    base_layers: frozenset[str] = frozenset()
+    """The layers everyone may share, left out of each image's own files (DESIGN.md §4.6)."""
 
     def job(self) -> JobSpec:
         """The job the validator would give its agent for a round with this one challenger."""
@@ -98,6 +100,7 @@ class CheckPlan:
             workload=self.workload,
             gate=self.gate,
             startup_deadline_s=self.startup_deadline_s,
+            base_layers=tuple(sorted(self.base_layers)),
         )
 
 

@@ -13,6 +13,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import docker.errors
@@ -179,6 +180,8 @@ async def check(settings: Settings, args: argparse.Namespace, out: Console) -> i
             checked.leader,
             settings.arena,
         )
+        if screened.base_layers is not None:
+            job = replace(checked, base_layers=screened.base_layers).job()
         found = screened.screened
         if found is not None and found.outcome is Outcome.FAIL:
             render.image_facts(out, screened, None)

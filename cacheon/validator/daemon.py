@@ -319,6 +319,7 @@ class Daemon:
             leader=leader if leader_record is not None else None,
             leader_image=None if leader_record is None else leader_record.image,
             challengers=challengers,
+            base_layers=self.poller.base_layers,
         )
         starts = [s for s in selection.chosen if not self.state.started(s.hotkey, s.digest)]
         self.state.begin_round(plan.record, starts)

@@ -228,6 +228,11 @@ class Poller:
             submission = with_listing(submission, answer)
         return _Listed(submission, image, answer)
 
+    @property
+    def base_layers(self) -> frozenset[str]:
+        """The shared layers as far as the registry has listed them (empty before)."""
+        return self._base_layers or frozenset()
+
     async def _base(self) -> frozenset[str] | None:
         """The layers everyone may share (the baseline's and the configured base images');
         None until the registry has listed every one of them."""

@@ -80,8 +80,11 @@ def plan_round(
     leader: Holder | None,
     leader_image: str | None,
     challengers: Sequence[SubmissionRecord],
+    base_layers: frozenset[str] = frozenset(),
 ) -> RoundPlan:
-    """`B, L, C1..Cn (seeded order), L', B'` (DESIGN.md §3 step 6, §4.5)."""
+    """`B, L, C1..Cn (seeded order), L', B'` (DESIGN.md §3 step 6, §4.5). `base_layers` are the
+    layers everyone may share (the baseline's, the configured public bases'): the agent leaves
+    their files out of each image's own files when it fingerprints them (§4.6)."""
     salt = round_salt(secret, round_id)
     seed = round_seed(block_hash, salt)
     order = list(challengers)
@@ -114,6 +117,7 @@ def plan_round(
         gate=gate,
         startup_deadline_s=settings.workload.startup_deadline_s,
         round_deadline_s=settings.workload.round_deadline_s,
+        base_layers=tuple(sorted(base_layers)),
     )
     record = RoundRecord(
         round_id=round_id,
