@@ -251,6 +251,7 @@ class PodLeases:
         return self.ledger.set_ready(name, ssh, self._clock())
 
     async def _end(self, lease: Lease, final: LeaseState, reason: str) -> bool:
+        self._held.discard(lease.name)
         provider = self._providers.get(lease.provider)
         if provider is None:
             log.error("cannot end lease: its provider is not configured", lease=lease.name,

@@ -215,12 +215,33 @@ def test_idle_pods_are_released(fake_lium: FakeLium, env: PodEnv) -> None:
         with Database.open(env.tmp / "state.db") as db:
             async with env.leases(settings, db, clock=clock) as leases:
                 lease = await leases.acquire(expected_hours=1)
-                clock.now += 500
-                leases.touch(lease)
+                clock.now += 5000
+                assert await leases.release_idle() == []  # a round holds it: never idle
+                leases.done(lease)  # the round ended now
                 clock.now += 500
                 assert await leases.release_idle() == []
                 clock.now += 200
                 assert [x.name for x in await leases.release_idle()] == [lease.name]
+
+    asyncio.run(scenario())
+    assert fake_lium.live_pods() == []
+
+
+def test_a_held_pod_is_never_given_to_a_second_round(fake_lium: FakeLium, env: PodEnv) -> None:
+    settings = env.settings(lium=fake_lium)
+
+    async def scenario() -> None:
+        with Database.open(env.tmp / "state.db") as db:
+            async with env.leases(settings, db) as leases:
+                first = await leases.acquire(expected_hours=1)
+                second = await leases.acquire(expected_hours=1)  # rounds in flight at once
+                assert second.name != first.name
+                assert leases.held == {first.name, second.name}
+                leases.done(first)
+                third = await leases.acquire(expected_hours=1)
+                assert third.name == first.name  # free again: the warm pod is reused
+                for lease in (second, third):
+                    await leases.release(lease)
 
     asyncio.run(scenario())
     assert fake_lium.live_pods() == []

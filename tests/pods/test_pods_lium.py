@@ -128,6 +128,7 @@ def test_pod_that_dies_in_use_is_closed_and_terminated(fake_lium: FakeLium, env:
             async with env.leases(settings, db) as leases:
                 first = await leases.acquire(expected_hours=1)
                 assert first.pod_id is not None
+                leases.done(first)  # its round ended; the pod waits warm
                 fake_lium.kill(first.pod_id)
                 # the warm pod no longer answers: closed as lost, and a new one is rented
                 second = await leases.acquire(expected_hours=1)
